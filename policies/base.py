@@ -1,0 +1,146 @@
+"""The policy contract: a small estimator-like class that decides, for one sample, numerical or symbolic.
+
+`__init__` only stores settings. `calibrate(views)` sees every candidate of a routing round (so a policy can set
+its threshold to a budget) and returns self; learned attributes end in `_`. `decide(view)` returns a Decision.
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import math
+from dataclasses import asdict, dataclass, field
+from typing import Any, ClassVar, Literal
+
+Route = Literal["numerical", "symbolic"]
+
+
+@dataclass(frozen=True)
+class Decision:
+    route: Route
+    confidence: float
+    reason: str
+    path: str = "rule"
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class SampleView:
+    """What a policy may look at for one training sample in one routing round (read-only, serialisable)."""
+
+    id: str
+    epoch: int
+    loss: float
+    c1: float | None
+    c2: float | None
+    correct: bool
+    losses: tuple[float, ...] = ()
+    system: str = ""
+    question: str = ""
+    rewrites: int = 0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class Policy:
+    """Base class. Subclasses set `name` and implement `decide`; override `calibrate` to learn thresholds.
+
+    Class attributes tell the router how to run the arm: `trains_weights=False` means no LoRA step at all
+    (the pure-symbolic baseline); `needs_saturation=False` means route every epoch from `saturation.min_epoch`.
+    """
+
+    name: ClassVar[str] = ""
+    trains_weights: ClassVar[bool] = True
+    needs_saturation: ClassVar[bool] = True
+    optimizes_shared_system: ClassVar[bool] = False
+
+    def calibrate(self, views: list[SampleView]) -> "Policy":
+        return self
+
+    def fit(self, records: Any) -> "Policy":
+        return self
+
+    def decide(self, view: SampleView) -> Decision:
+        raise NotImplementedError
+
+    def get_params(self) -> dict[str, Any]:
+        sig = inspect.signature(type(self).__init__)
+        return {k: getattr(self, k) for k in sig.parameters if k != "self" and hasattr(self, k)}
+
+    def __repr__(self) -> str:
+        args = ", ".join(f"{k}={v!r}" for k, v in self.get_params().items())
+        return f"{type(self).__name__}({args})"
+
+
+REGISTRY: dict[str, type[Policy]] = {}
+
+
+def register(cls: type[Policy]) -> type[Policy]:
+    REGISTRY[cls.name] = cls
+    return cls
+
+
+def resolve(name: str) -> type[Policy]:
+    """A registered name, or a user's class as 'package.module:ClassName'."""
+    if name in REGISTRY:
+        return REGISTRY[name]
+    if ":" not in name:
+        raise ValueError(f"policy.name={name!r} is not a built-in ({', '.join(sorted(REGISTRY))}); name your own class as 'package.module:ClassName'")
+    module_name, _, attr = name.partition(":")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as e:
+        raise ValueError(f"policy.name={name!r}: module {module_name!r} cannot be imported ({e}); put it on PYTHONPATH or install it") from None
+    cls = getattr(module, attr, None)
+    if cls is None:
+        raise ValueError(f"policy.name={name!r}: {module_name} has no {attr!r}; check the class name")
+    if not (isinstance(cls, type) and callable(getattr(cls, "decide", None))):
+        raise ValueError(f"policy.name={name!r} is not a class with a decide(view) method")
+    return cls
+
+
+def build(name: str, params: dict[str, Any], p: float, seed: int) -> Policy:
+    """Instantiate a policy; `p` and `seed` are passed when its __init__ takes them and params do not set them."""
+    cls = resolve(name)
+    sig = inspect.signature(cls.__init__)
+    kwargs = dict(params)
+    if "p" in sig.parameters and "p" not in kwargs:
+        kwargs["p"] = p
+    if "seed" in sig.parameters and "seed" not in kwargs:
+        kwargs["seed"] = seed
+    try:
+        return cls(**kwargs)
+    except TypeError as e:
+        raise ValueError(f"policy.params {sorted(params)} do not fit {cls.__name__}: {e}") from None
+
+
+def check_policy(policy: Policy, views: list[SampleView] | None = None) -> None:
+    """Conformance check every built-in and user policy can run (like scikit-learn's check_estimator).
+
+    Raises AssertionError naming the broken rule.
+    """
+    views = views if views is not None else example_views()
+    before = [asdict(v) for v in views]
+    params = dict(vars(policy))
+    assert not [k for k in params if k.endswith("_")], f"{type(policy).__name__}.__init__ must only store settings (found learned {[k for k in params if k.endswith('_')]})"
+    assert policy.calibrate(views) is policy, "calibrate must return self"
+    decisions = [policy.decide(v) for v in views]
+    for v, d in zip(views, decisions):
+        assert isinstance(d, Decision), f"decide must return a Decision, got {type(d).__name__}"
+        assert d.route in ("numerical", "symbolic"), f"route must be 'numerical' or 'symbolic', got {d.route!r}"
+        assert isinstance(d.confidence, float) and 0.0 <= d.confidence <= 1.0 and not math.isnan(d.confidence), f"confidence must be a float in [0, 1], got {d.confidence!r}"
+        assert isinstance(d.reason, str) and d.reason.strip(), f"decision for {v.id} has no reason"
+        assert isinstance(d.path, str) and d.path, "decision path must be a non-empty string"
+    assert [asdict(v) for v in views] == before, "decide/calibrate must not modify the views"
+    again = [policy.decide(v) for v in views]
+    assert again == decisions, "decide must be deterministic once calibrated"
+
+
+def example_views(n: int = 20) -> list[SampleView]:
+    views = []
+    for i in range(n):
+        c1 = None if i == 0 else (-0.5 + i / n)
+        views.append(SampleView(id=f"ex{i}", epoch=3, loss=1.0 + i / n, c1=c1, c2=0.1 + (i * 7 % n) / n, correct=False,
+                                losses=(2.0, 1.0 + i / n), system="Answer briefly.", question=f"Question {i}?"))
+    return views

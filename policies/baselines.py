@@ -1,0 +1,58 @@
+"""Baseline arms: never rewrite, only rewrite, and random routing at the same share p."""
+
+from __future__ import annotations
+
+import hashlib
+
+from adapters.signals import budget_count
+from policies.base import Decision, Policy, register
+
+
+@register
+class LoraOnlyPolicy(Policy):
+    """Plain LoRA: every sample stays numerical."""
+
+    name = "lora-only"
+
+    def decide(self, view):
+        return Decision("numerical", 1.0, "lora-only never rewrites", "rule")
+
+
+@register
+class TextGradOnlyPolicy(Policy):
+    """Pure symbolic baseline: no LoRA step at all; the shared system prompt P is optimised with TextGrad on
+    misclassified training samples every epoch, and the held-out set is answered with the optimised P."""
+
+    name = "textgrad-only"
+    trains_weights = False
+    needs_saturation = False
+    optimizes_shared_system = True
+
+    def decide(self, view):
+        return Decision("symbolic", 1.0, "textgrad-only optimises the shared system prompt", "rule")
+
+
+@register
+class RandomPolicy(Policy):
+    """Ablation: a random share p of the candidates goes symbolic, reproducible from the seed."""
+
+    name = "random"
+
+    def __init__(self, p: float = 0.1, seed: int = 0):
+        self.p = p
+        self.seed = seed
+
+    def _key(self, view):
+        return hashlib.sha256(f"{self.seed}|{view.epoch}|{view.id}".encode()).hexdigest()
+
+    def calibrate(self, views):
+        ranked = sorted(views, key=self._key)
+        self.chosen_ = {v.id for v in ranked[: budget_count(len(views), self.p)]}
+        return self
+
+    def decide(self, view):
+        if not hasattr(self, "chosen_"):
+            raise RuntimeError("RandomPolicy is not calibrated; call calibrate(views) first")
+        if view.id in self.chosen_:
+            return Decision("symbolic", self.p, f"drawn at random (p={self.p})", "random")
+        return Decision("numerical", 1 - self.p, f"not drawn at random (p={self.p})", "random")

@@ -1,0 +1,57 @@
+"""The direct strategy: one call asking the engine to restate the question. For small local models that cannot
+keep textgrad's <IMPROVED_VARIABLE> tags."""
+
+from __future__ import annotations
+
+import re
+
+from rewriter.strategies.base import Meter, RewriteContext, RewriteResult, error, judge
+
+SYSTEM = (
+    "You rewrite questions so that a small language model answers them correctly. Keep every fact, number "
+    "and name exactly as given, add no new facts, and do not answer the question. Reply with the rewritten "
+    "question only."
+)
+
+
+def _prompt(question: str, student_answer: str) -> str:
+    # The gold answer is left out on purpose: small models told the answer tend to write it into the question,
+    # and the guard would then reject the rewrite, wasting the call. The wrong answer alone shows what misled.
+    return (
+        "A small language model was asked this question:\n"
+        f"<QUESTION>\n{question}\n</QUESTION>\n"
+        f"It answered: {student_answer.strip() or '(nothing)'}\n"
+        "That answer is wrong. Rewrite the question so that its wording makes clearer what is asked, keeping "
+        "every fact, number and name. Do not answer it. Reply with the rewritten question only."
+    )
+
+
+_FENCE = re.compile(r"^```[\w-]*\s*\n?(.*?)\n?```$", re.S)
+_LABEL = re.compile(r"^(?:\*\*)?(?:(?:rewritten|revised|improved|new)\s+)?question(?:\*\*)?\s*:\s*(?:\*\*)?\s*", re.I)
+_TAGS = re.compile(r"</?QUESTION>", re.I)
+_QUOTES = {'"': '"', "'": "'", "\u201c": "\u201d", "\u2018": "\u2019"}
+
+
+def clean(reply: str) -> str:
+    """The question inside a reply that may come fenced, labelled, tagged or quoted."""
+    text = reply.strip()
+    fenced = _FENCE.match(text)
+    if fenced:
+        text = fenced.group(1).strip()
+    text = _TAGS.sub("", text).strip()
+    text = _LABEL.sub("", text, count=1).strip()
+    if len(text) >= 2 and _QUOTES.get(text[0]) == text[-1]:
+        text = text[1:-1].strip()
+    return text
+
+
+def rewrite(sample, ctx: RewriteContext) -> RewriteResult:
+    """Rewrites the question only; the system prompt is textgrad's (and optimize_system_prompt's) business."""
+    meter = Meter(ctx.engine)
+    try:
+        reply = ctx.engine.generate(_prompt(ctx.question, ctx.student_answer), system=SYSTEM)
+    except Exception as e:  # HTTP errors, timeouts, a local model running out of memory: report, do not stop
+        return error(meter, e)
+    if not reply or not reply.strip():
+        return error(meter, "empty reply from the rewriter engine")
+    return judge(ctx, meter, clean(reply), None)

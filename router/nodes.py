@@ -1,0 +1,192 @@
+"""The graph's nodes. Each takes the state (or a Send payload) and returns a partial update; the heavy objects
+(trainer, store, policy, rewriter engine) come from the RunContext they close over."""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from adapters.signals import is_saturated, loss_change_ratio
+from adapters.train import Item, Trainer
+from policies.base import Decision, Policy, SampleView
+from router.config import Config
+from router.store import Store
+from tasks.base import Sample, Task
+
+
+@dataclass
+class RunContext:
+    cfg: Config
+    task: Task
+    train: list[Sample]
+    heldout: list[Sample]
+    trainer: Trainer
+    store: Store
+    policy: Policy
+    engine: Any  # rewriter engine, or None when the policy never routes symbolic
+    counts: dict[str, int] = field(default_factory=dict)
+    epoch_seconds: dict[int, float] = field(default_factory=dict)
+    bar: Any = None  # a tqdm factory, or None for no progress bars
+
+    def progress(self, total: int, desc: str):
+        if self.bar is None:
+            return None
+        return self.bar(total=total, desc=desc, leave=False)
+
+    def count(self, key: str, n: int = 1) -> None:
+        self.counts[key] = self.counts.get(key, 0) + n
+
+
+def _close(bar) -> None:
+    if bar is not None:
+        bar.close()
+
+
+def make_nodes(ctx: RunContext) -> dict[str, Any]:
+    cfg = ctx.cfg
+    by_id = {s.id: s for s in ctx.train}
+
+    def system_for(state, prompt: dict[str, Any]) -> str:
+        return state.get("shared_system") or prompt["system"]
+
+    def evaluate(state):
+        epoch = state.get("epoch", 0)
+        system = state.get("shared_system")
+        prompts = [(system or s.system, s.question) for s in ctx.heldout]
+        bar = ctx.progress(len(prompts), f"evaluate epoch {epoch}")
+        replies = ctx.trainer.generate(prompts, cfg.train.max_new_tokens, cfg.train.eval_batch_size, bar)
+        _close(bar)
+        rows = []
+        for s, reply in zip(ctx.heldout, replies):
+            rows.append({"epoch": epoch, "sample_id": s.id, "reply": reply, "prediction": ctx.task.extract(reply),
+                         "correct": int(ctx.task.score(reply, s))})
+        ctx.store.add_evals(rows)
+        acc = sum(r["correct"] for r in rows) / len(rows)
+        ctx.store.db.execute("INSERT OR IGNORE INTO epochs (epoch) VALUES (?)", (epoch,))
+        with ctx.store.db:
+            ctx.store.db.execute("UPDATE epochs SET heldout_accuracy=?, seconds=? WHERE epoch=?",
+                                 (acc, ctx.epoch_seconds.get(epoch), epoch))
+        return {"accuracy": {**state.get("accuracy", {}), str(epoch): acc}}
+
+    def train_epoch(state):
+        epoch = state.get("epoch", 0) + 1
+        started = time.perf_counter()
+        prompts = state["prompts"]
+        items = [Item(s.id, system_for(state, prompts[s.id]), prompts[s.id]["question"], s.target) for s in ctx.train]
+        bar = ctx.progress(len(items), f"train epoch {epoch}")
+        signals = ctx.trainer.train_epoch(items, cfg.train.batch_size, seed=cfg.train.seed * 1000 + epoch, progress=bar)
+        _close(bar)
+        before = {r["sample_id"]: r["loss"] for r in ctx.store.query("SELECT sample_id, loss FROM signals WHERE epoch=?", (epoch - 1,))}
+        rows = []
+        for s in ctx.train:
+            sig = signals[s.id]
+            rows.append({"epoch": epoch, "sample_id": s.id, "prompt_version": prompts[s.id]["version"], "loss": sig.loss,
+                         "c1": loss_change_ratio(sig.loss, before.get(s.id)), "c2": sig.grad_norm, "correct": int(sig.correct)})
+        ctx.store.add_signals(rows)
+        n = len(rows)
+        ctx.store.add_epoch({"epoch": epoch, "train_loss": sum(r["loss"] for r in rows) / n,
+                             "train_correct": sum(r["correct"] for r in rows) / n, "heldout_accuracy": None,
+                             "saturated": 0, "saturation_median": None, "symbolic": 0, "accepted": 0, "seconds": None})
+        ctx.epoch_seconds[epoch] = time.perf_counter() - started
+        return {"epoch": epoch, "decisions": None, "candidates": [], "saturated": False}
+
+    def monitor(state):
+        epoch = state["epoch"]
+        rows = ctx.store.query("SELECT * FROM signals WHERE epoch > ? ORDER BY epoch", (max(0, epoch - cfg.saturation.window),))
+        now = {r["sample_id"]: r for r in rows if r["epoch"] == epoch}
+        misclassified = {i for i, r in now.items() if not r["correct"]}
+        c1_by_epoch = []
+        for e in range(max(1, epoch - cfg.saturation.window + 1), epoch + 1):
+            c1_by_epoch.append({r["sample_id"]: r["c1"] for r in rows if r["epoch"] == e})
+        if epoch < cfg.saturation.min_epoch:
+            saturated, median = False, None
+        elif not ctx.policy.needs_saturation:
+            saturated, median = bool(misclassified), None
+        else:
+            saturated, median = is_saturated(c1_by_epoch, misclassified, cfg.saturation.k, cfg.saturation.window)
+        with ctx.store.db:
+            ctx.store.db.execute("UPDATE epochs SET saturated=?, saturation_median=? WHERE epoch=?", (int(saturated), median, epoch))
+        if not saturated:
+            return {"saturated": False, "candidates": []}
+        ctx.count("routing_rounds")
+        candidates = sorted(misclassified)
+        views = [view(state, i, now[i]) for i in candidates]
+        ctx.policy.calibrate(views)
+        return {"saturated": True, "candidates": candidates}
+
+    def view(state, sample_id: str, row: dict[str, Any]) -> SampleView:
+        p = state["prompts"][sample_id]
+        return SampleView(id=sample_id, epoch=row["epoch"], loss=row["loss"], c1=row["c1"], c2=row["c2"],
+                          correct=bool(row["correct"]), losses=tuple(ctx.store.losses(sample_id)),
+                          system=system_for(state, p), question=p["question"], rewrites=p["version"])
+
+    def decide(payload):
+        v = SampleView(**{**payload["view"], "losses": tuple(payload["view"]["losses"])})
+        d: Decision = ctx.policy.decide(v)
+        return {"decisions": [{"epoch": v.epoch, "sample_id": v.id, "policy": cfg.policy.name, **d.to_dict()}]}
+
+    def rewrite(state):
+        from rewriter.strategies import STRATEGIES, RewriteContext, optimize_system_prompt
+
+        epoch = state["epoch"]
+        decisions = sorted(state.get("decisions", []), key=lambda d: d["sample_id"])
+        ctx.store.add_decisions(decisions)
+        symbolic = [d["sample_id"] for d in decisions if d["route"] == "symbolic"]
+        ctx.count("decisions", len(decisions))
+        ctx.count("symbolic", len(symbolic))
+        if not symbolic or ctx.engine is None:
+            return {}
+        prompts = dict(state["prompts"])
+        current = [(system_for(state, prompts[i]), prompts[i]["question"]) for i in symbolic]
+        answers = ctx.trainer.generate(current, cfg.train.max_new_tokens, cfg.train.eval_batch_size)
+        engine_name = getattr(ctx.engine, "name", type(ctx.engine).__name__)
+        update: dict[str, Any] = {}
+        rows = []
+        if ctx.policy.optimizes_shared_system:
+            system = state.get("shared_system") or ctx.train[0].system
+            examples = [(q, a, by_id[i].answer) for i, (_, q), a in zip(symbolic, current, answers)][:8]
+            res = optimize_system_prompt(system, examples, ctx.engine)
+            ok = res.verdict == "accepted" and bool(res.new_system)
+            if ok:
+                update["shared_system"] = res.new_system
+            ctx.count(f"rewrites_{res.verdict}")
+            ctx.count("llm_calls", res.calls)
+            rows.append({"epoch": epoch, "sample_id": "*system*", "version": epoch, "original_system": system,
+                         "original_question": "", "new_system": res.new_system, "new_question": None,
+                         "student_answer": "\n".join(answers[:8]), "engine": engine_name, "strategy": "textgrad-system",
+                         "verdict": res.verdict, "reason": res.reason, "calls": res.calls, "tokens": res.tokens})
+        else:
+            strategy = STRATEGIES[cfg.rewriter.strategy]
+            bar = ctx.progress(len(symbolic), f"rewrite epoch {epoch}")
+            for i, (system, question), answer in zip(symbolic, current, answers):
+                rctx = RewriteContext(engine=ctx.engine, system=system, question=question, gold=by_id[i].answer,
+                                      student_answer=answer, optimize_system=cfg.rewriter.optimize_system)
+                res = strategy(by_id[i], rctx)
+                ctx.count(f"rewrites_{res.verdict}")
+                ctx.count("llm_calls", res.calls)
+                if res.verdict == "accepted":
+                    p = prompts[i]
+                    prompts[i] = {"system": res.new_system or p["system"], "question": res.new_question or p["question"],
+                                  "version": p["version"] + 1}
+                rows.append({"epoch": epoch, "sample_id": i, "version": prompts[i]["version"], "original_system": system,
+                             "original_question": question, "new_system": res.new_system, "new_question": res.new_question,
+                             "student_answer": answer, "engine": engine_name, "strategy": cfg.rewriter.strategy,
+                             "verdict": res.verdict, "reason": res.reason, "calls": res.calls, "tokens": res.tokens})
+                if bar is not None:
+                    bar.update(1)
+            _close(bar)
+            update["prompts"] = prompts
+        ctx.store.add_rewrites(rows)
+        accepted = sum(r["verdict"] == "accepted" for r in rows)
+        with ctx.store.db:
+            ctx.store.db.execute("UPDATE epochs SET symbolic=?, accepted=? WHERE epoch=?", (len(symbolic), accepted, epoch))
+        return update
+
+    return {"evaluate": evaluate, "train_epoch": train_epoch, "monitor": monitor, "decide": decide, "rewrite": rewrite,
+            "view": view}
+
+
+def view_payload(v: SampleView) -> dict[str, Any]:
+    return {"view": dataclasses.asdict(v)}

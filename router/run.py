@@ -1,0 +1,145 @@
+"""One routed fine-tuning run, top to bottom: validate → set up → run the graph → export → summary.
+
+Everything that can be refused (config, data, model path, policy, endpoint) is checked before the run folder
+exists, so bad input never leaves a half-written run behind.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+import time
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from router.config import Config, to_dict
+from router.errors import UserError
+
+
+def plan(cfg: Config):
+    """Validate everything cheap to check; returns (task, train, heldout, policy)."""
+    from adapters.model import resolve
+    from policies import build
+    from tasks import load_task
+
+    task, train, heldout = load_task(cfg.task)
+    resolve(cfg.model.name_or_path, cfg.model.gguf_file)
+    try:
+        policy = build(cfg.policy.name, cfg.policy.params, p=cfg.saturation.p, seed=cfg.train.seed)
+    except ValueError as e:
+        raise UserError(str(e)) from None
+    return task, train, heldout, policy
+
+
+def _routes_symbolic(cfg: Config, policy) -> bool:
+    return cfg.policy.name != "lora-only"
+
+
+def _run_dir(cfg: Config) -> Path:
+    name = cfg.run.name or f"{cfg.task.name}-{cfg.policy.name.replace(':', '.').replace('/', '.')}-{datetime.now():%Y%m%d-%H%M%S}"
+    path = Path(cfg.run.out_dir) / name
+    if path.exists() and any(path.iterdir()):
+        if not cfg.run.overwrite:
+            raise UserError(f"run folder {path} already exists; choose another run.name or set run.overwrite=true")
+    return path
+
+
+def run(cfg: Config) -> dict[str, Any]:
+    started = time.perf_counter()
+    task, train, heldout, policy = plan(cfg)
+    engine = None
+    if _routes_symbolic(cfg, policy):
+        from rewriter.engines import build_engine, probe
+
+        if cfg.rewriter.engine == "openai":
+            engine = build_engine(cfg.rewriter)
+            probe(engine)
+    path = _run_dir(cfg)
+
+    import torch
+
+    from adapters.lora import wrap
+    from adapters.model import load_model
+    from adapters.train import Trainer
+    from router.graph import build_graph
+    from router.nodes import RunContext
+    from router.store import Store
+
+    random.seed(cfg.train.seed)
+    torch.manual_seed(cfg.train.seed)
+    model, tokenizer, source = load_model(cfg.model.name_or_path, cfg.model.gguf_file, cfg.model.cache_dir)
+    _check_lengths(tokenizer, train + heldout, cfg)
+    if engine is None and _routes_symbolic(cfg, policy):
+        from rewriter.engines import build_engine
+
+        # The local rewriter is a second copy of the base model: rewriting with the adapter being trained
+        # would bias it toward the task's short answers.
+        name = cfg.rewriter.local_model or cfg.model.name_or_path
+        rmodel, rtok, _ = load_model(name, cfg.model.gguf_file if name == cfg.model.name_or_path else None, cfg.model.cache_dir)
+        engine = build_engine(cfg.rewriter, local_model=rmodel, local_tokenizer=rtok)
+    try:
+        model = wrap(model, cfg.lora, seed=cfg.train.seed)
+    except ValueError as e:
+        raise UserError(str(e)) from None
+
+    if path.exists():
+        shutil.rmtree(path)
+    path.mkdir(parents=True)
+    (path / "config.yaml").write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False), encoding="utf-8")
+    store = Store(path / "run.sqlite")
+    store.put_meta(model_source=source, policy=repr(policy), started=datetime.now().isoformat(timespec="seconds"))
+    store.add_samples([{"id": s.id, "split": split, "system": s.system, "question": s.question, "answer": s.answer,
+                        "target": s.target} for split, group in (("train", train), ("heldout", heldout)) for s in group])
+
+    trainer = Trainer(model, tokenizer, lr=cfg.train.lr, weight_decay=cfg.train.weight_decay, train_weights=policy.trains_weights)
+    bar = None
+    if cfg.run.progress:
+        from tqdm.auto import tqdm as bar
+    ctx = RunContext(cfg=cfg, task=task, train=train, heldout=heldout, trainer=trainer, store=store, policy=policy,
+                     engine=engine, bar=bar)
+
+    def export(state):
+        from router.export import export_run
+
+        export_run(path, ctx, state, started)
+        return {}
+
+    graph = build_graph(ctx, export)
+    initial = {"epoch": 0, "prompts": {s.id: {"system": s.system, "question": s.question, "version": 0} for s in train},
+               "shared_system": None, "decisions": None, "accuracy": {}}
+    graph.invoke(initial, {"recursion_limit": 20 + 8 * cfg.train.epochs, "max_concurrency": 8})
+    store.close()
+    return json.loads((path / "metrics.json").read_text()) | {"run_dir": str(path)}
+
+
+def _check_lengths(tokenizer, samples, cfg: Config) -> None:
+    from adapters.train import Item, encode
+
+    for s in samples:
+        n = len(encode(tokenizer, Item(s.id, s.system, s.question, s.target))[0])
+        if n > cfg.model.max_length:
+            raise UserError(f"sample {s.id} is {n} tokens, over model.max_length={cfg.model.max_length}; raise model.max_length or use shorter samples")
+
+
+def summary(metrics: dict[str, Any]) -> str:
+    acc = metrics["heldout_accuracy"]
+    c = metrics["counts"]
+    lines = [
+        f"run: {metrics['run_dir']}",
+        f"held-out accuracy: before {acc['before']:.3f} → after {acc['final']:.3f} ({metrics['counts']['heldout']} samples)",
+        f"routing rounds: {c.get('routing_rounds', 0)}, decisions: {c.get('decisions', 0)}, symbolic: {c.get('symbolic', 0)}, "
+        f"rewrites accepted/rejected/failed: {c.get('rewrites_accepted', 0)}/{c.get('rewrites_rejected', 0)}/{c.get('rewrites_error', 0)}",
+        f"LLM calls: {metrics['llm']['calls']}, tokens: {metrics['llm']['prompt_tokens']}+{metrics['llm']['completion_tokens']}",
+        f"wall time: {metrics['wall_seconds']:.1f} s",
+    ]
+    return "\n".join(lines)
+
+
+def env_defaults() -> None:
+    # textgrad imports litellm, which otherwise fetches its price map from the network at import time.
+    os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")

@@ -1,0 +1,93 @@
+"""run.sqlite: every per-sample signal, routing decision, rewrite and evaluation of a run, in one file.
+
+Each node writes its rows in one transaction, so a crash leaves whole epochs, never half of one.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from pathlib import Path
+from typing import Any, Iterable
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS samples (
+  id TEXT PRIMARY KEY, split TEXT NOT NULL, system TEXT NOT NULL, question TEXT NOT NULL,
+  answer TEXT NOT NULL, target TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS signals (
+  epoch INTEGER NOT NULL, sample_id TEXT NOT NULL, prompt_version INTEGER NOT NULL,
+  loss REAL, c1 REAL, c2 REAL, correct INTEGER NOT NULL, PRIMARY KEY (epoch, sample_id)
+);
+CREATE TABLE IF NOT EXISTS decisions (
+  epoch INTEGER NOT NULL, sample_id TEXT NOT NULL, policy TEXT NOT NULL, route TEXT NOT NULL,
+  confidence REAL NOT NULL, reason TEXT NOT NULL, path TEXT NOT NULL, PRIMARY KEY (epoch, sample_id)
+);
+CREATE TABLE IF NOT EXISTS rewrites (
+  epoch INTEGER NOT NULL, sample_id TEXT NOT NULL, version INTEGER NOT NULL,
+  original_system TEXT NOT NULL, original_question TEXT NOT NULL,
+  new_system TEXT, new_question TEXT, student_answer TEXT NOT NULL,
+  engine TEXT NOT NULL, strategy TEXT NOT NULL, verdict TEXT NOT NULL, reason TEXT NOT NULL,
+  calls INTEGER NOT NULL, tokens INTEGER NOT NULL, PRIMARY KEY (epoch, sample_id)
+);
+CREATE TABLE IF NOT EXISTS evals (
+  epoch INTEGER NOT NULL, sample_id TEXT NOT NULL, reply TEXT NOT NULL, prediction TEXT NOT NULL,
+  correct INTEGER NOT NULL, PRIMARY KEY (epoch, sample_id)
+);
+CREATE TABLE IF NOT EXISTS epochs (
+  epoch INTEGER PRIMARY KEY, train_loss REAL, train_correct REAL, heldout_accuracy REAL,
+  saturated INTEGER, saturation_median REAL, symbolic INTEGER, accepted INTEGER, seconds REAL
+);
+"""
+
+
+class Store:
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        # Send branches and the rewrite pool run in threads; one connection guarded by SQLite's own locking
+        # is enough because only the graph's sequential nodes write.
+        self.db = sqlite3.connect(self.path, check_same_thread=False)
+        self.db.executescript(SCHEMA)
+        self.db.commit()
+
+    def close(self) -> None:
+        self.db.close()
+
+    def _insert(self, table: str, rows: Iterable[dict[str, Any]]) -> None:
+        rows = list(rows)
+        if not rows:
+            return
+        cols = list(rows[0])
+        sql = f"INSERT OR REPLACE INTO {table} ({', '.join(cols)}) VALUES ({', '.join('?' for _ in cols)})"
+        with self.db:
+            self.db.executemany(sql, [tuple(r[c] for c in cols) for r in rows])
+
+    def put_meta(self, **items: Any) -> None:
+        self._insert("meta", [{"key": k, "value": json.dumps(v)} for k, v in items.items()])
+
+    def add_samples(self, rows):
+        self._insert("samples", rows)
+
+    def add_signals(self, rows):
+        self._insert("signals", rows)
+
+    def add_decisions(self, rows):
+        self._insert("decisions", rows)
+
+    def add_rewrites(self, rows):
+        self._insert("rewrites", rows)
+
+    def add_evals(self, rows):
+        self._insert("evals", rows)
+
+    def add_epoch(self, row):
+        self._insert("epochs", [row])
+
+    def query(self, sql: str, params: tuple = ()) -> list[dict[str, Any]]:
+        cur = self.db.execute(sql, params)
+        cols = [c[0] for c in cur.description]
+        return [dict(zip(cols, r)) for r in cur.fetchall()]
+
+    def losses(self, sample_id: str) -> list[float]:
+        return [r["loss"] for r in self.query("SELECT loss FROM signals WHERE sample_id=? ORDER BY epoch", (sample_id,))]

@@ -1,0 +1,116 @@
+"""GSM8K: grade-school maths word problems.
+
+Official format (openai/grade-school-math, train.jsonl): one JSON object a line with `question` and `answer`,
+the answer a worked solution with `<<48/2=24>>` calculator annotations that ends in `#### 72`.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+
+from router.errors import UserError
+from tasks.base import Sample, Task
+from tasks.files import read_text, shorten
+
+DEFAULT_SYSTEM = "Solve the math word problem step by step if needed, and give the final answer as a number."
+
+_KEYS = ("question", "answer")
+_EXPECTED = "a GSM8K JSONL file (one JSON object a line with keys question, answer)"
+_HUB_HELP = "task.path is not set and openai/gsm8k cannot be loaded (offline?); download train.jsonl and set task.path=path/to/train.jsonl"
+
+# A thousands-grouped number ("1,234.5") or a plain one; a minus counts as a sign only where it cannot be a
+# subtraction or a range ("5-3", "(2)-1").
+_NUMBER = re.compile(r"(?:(?<![\w)])-)?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?")
+_CALC = re.compile(r"<<[^<>]*>>")
+
+
+def canonical_number(text: str) -> str:
+    """'1,000' -> '1000', '72.0' -> '72', '2.50' -> '2.5'."""
+    text = text.replace(",", "").strip()
+    if "." in text:
+        text = text.rstrip("0").rstrip(".")
+    return text
+
+
+def _parse_record(rec: object, where: str, index: int, target: str) -> Sample:
+    """`where` names the file and line (or the hub row) for error messages."""
+    if not isinstance(rec, dict):
+        raise UserError(f"{where}: expected a JSON object with keys {', '.join(_KEYS)}, got {type(rec).__name__}")
+    missing = [k for k in _KEYS if k not in rec]
+    if missing:
+        raise UserError(f"{where}: missing key(s) {', '.join(missing)}; each line needs keys {', '.join(_KEYS)}")
+    question, solution = rec["question"], rec["answer"]
+    if not isinstance(question, str) or not isinstance(solution, str) or not question.strip():
+        raise UserError(f"{where}: question and answer must be non-empty strings")
+    if "####" not in solution:
+        raise UserError(f"{where}: the answer does not end in '#### <number>' (got {shorten(solution[-40:])}); GSM8K answers end with the final number after '#### '")
+    body, _, final = solution.rpartition("####")
+    answer = canonical_number(final)
+    if not answer:
+        raise UserError(f"{where}: nothing after '#### ' in the answer; GSM8K answers end with the final number after '#### '")
+    # The <<...>> annotations were for the original authors' calculator tool; a model trained on them would
+    # learn to emit markup, so the solution target drops them.
+    worked = _CALC.sub("", body).rstrip()
+    worked = f"{worked}\n#### {answer}" if worked else f"#### {answer}"
+    return Sample(
+        id=f"gsm8k-{index}",
+        system=DEFAULT_SYSTEM,
+        question=question.strip(),
+        answer=answer,
+        target=answer if target == "answer" else worked,
+        meta={"solution": worked},
+    )
+
+
+def _read_jsonl(path: str) -> list[tuple[str, object]]:
+    text = read_text(path, _EXPECTED)
+    records = []
+    for n, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            records.append((f"{path} line {n}", json.loads(line)))
+        except json.JSONDecodeError as e:
+            raise UserError(f"{path} line {n}: invalid JSON ({e.msg} at column {e.colno}); expected {_EXPECTED}") from None
+    return records
+
+
+def _read_hub() -> list[tuple[str, object]]:
+    try:
+        # Imported here: `datasets` is slow to import and only this path needs it.
+        from datasets import load_dataset
+
+        ds = load_dataset("openai/gsm8k", "main", split="train")
+        return [(f"openai/gsm8k row {i}", dict(row)) for i, row in enumerate(ds)]
+    except Exception as e:  # noqa: BLE001 - any failure (network, cache, version) has the same fix
+        raise UserError(f"{_HUB_HELP} ({type(e).__name__})") from None
+
+
+class Gsm8kTask(Task):
+    name = "gsm8k"
+    default_system = DEFAULT_SYSTEM
+
+    def load(self, cfg) -> list[Sample]:
+        records = _read_jsonl(cfg.path) if cfg.path else _read_hub()
+        if not records:
+            raise UserError(f"{cfg.path or 'openai/gsm8k'} holds no problems; expected {_EXPECTED}")
+        # The id is the record's position, so the JSONL file and the hub copy of it give the same ids.
+        return [_parse_record(rec, where, i, cfg.target) for i, (where, rec) in enumerate(records)]
+
+    def extract(self, text: str) -> str:
+        """The number after '####' when the reply has one, else the last number in the reply."""
+        if "####" in text:
+            m = _NUMBER.search(text.split("####", 1)[1])
+            if m:
+                return canonical_number(m.group(0))
+        found = _NUMBER.findall(text)
+        return canonical_number(found[-1]) if found else ""
+
+    def score(self, text: str, sample: Sample) -> bool:
+        got = self.extract(text)
+        try:
+            return math.isclose(float(got), float(sample.answer), rel_tol=1e-9, abs_tol=1e-9)
+        except ValueError:  # a gold answer that is not a number: compare as text
+            return super().score(text, sample)

@@ -1,0 +1,101 @@
+"""Signals as pure functions, and fast per-sample LoRA gradient norms against one backward per sample."""
+
+import math
+
+import pytest
+import torch
+
+from adapters.lora import PerSampleGradNorm, naive_grad_norms, wrap
+from adapters.signals import budget_count, is_saturated, least_progress, loss_change_ratio, per_sample_loss
+from router.config import LoraConfig
+
+torch.set_num_threads(1)
+
+
+def test_per_sample_loss_matches_reference_and_correct_flag():
+    torch.manual_seed(0)
+    logits = torch.randn(3, 6, 11)
+    labels = torch.full((3, 6), -100)
+    labels[0, 3:] = torch.tensor([1, 2, 3])
+    labels[1, 2:4] = torch.tensor([4, 5])
+    labels[2, 5] = 7
+    loss, correct = per_sample_loss(logits, labels)
+    for i in range(3):
+        pos = [t for t in range(1, 6) if labels[i, t] != -100]
+        ref = sum(torch.nn.functional.cross_entropy(logits[i, t - 1][None], labels[i, t][None]) for t in pos) / len(pos)
+        assert loss[i].item() == pytest.approx(ref.item(), rel=1e-5)
+    assert not correct.any()
+    # Make sample 1's answer tokens the argmax: only it becomes correct.
+    logits[1, 1, 4] = 100.0
+    logits[1, 2, 5] = 100.0
+    assert per_sample_loss(logits, labels)[1].tolist() == [False, True, False]
+
+
+@pytest.mark.parametrize("now,before,expected", [(0.5, 1.0, -0.5), (1.0, 1.0, 0.0), (1.5, 1.0, 0.5), (1.0, None, None), (1.0, math.nan, None)])
+def test_loss_change_ratio(now, before, expected):
+    got = loss_change_ratio(now, before)
+    assert got == (pytest.approx(expected) if expected is not None else None)
+
+
+def test_saturation_rule_uses_only_misclassified_and_window():
+    epochs = [{"a": -0.5, "b": -0.5, "c": -0.9, "d": -0.9}, {"a": -0.01, "b": 0.005, "c": -0.9, "d": -0.8}]
+    assert is_saturated(epochs, {"a", "b"}, k=0.02, window=1) == (True, pytest.approx(0.0075))
+    assert is_saturated(epochs, {"a", "b", "c", "d"}, k=0.02, window=1) == (False, pytest.approx(0.405))
+    sat, median = is_saturated(epochs, {"a", "b"}, k=0.02, window=2)
+    assert sat is False and median == pytest.approx(0.255)
+    assert is_saturated(epochs[:1], {"a"}, k=1.0, window=2) == (False, None)
+    assert is_saturated(epochs, set(), k=1.0, window=1) == (False, None)
+
+
+@pytest.mark.parametrize("n,p,k", [(10, 0.1, 1), (10, 0.25, 2), (3, 0.1, 1), (0, 0.5, 0), (7, 1.0, 7)])
+def test_budget_count(n, p, k):
+    assert budget_count(n, p) == k
+
+
+def test_least_progress_picks_largest_c1_and_breaks_ties_by_id():
+    c1 = {"a": -0.5, "b": 0.1, "c": -0.01, "d": None, "e": 0.1}
+    assert least_progress(c1, list(c1), 0.4) == ["b", "e"]
+    assert least_progress(c1, ["a", "d"], 1.0) == ["a", "d"]
+
+
+def _tiny_lora_model(targets, dropout=0.0, vocab=50, hidden=32):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    cfg = LlamaConfig(vocab_size=vocab, hidden_size=hidden, intermediate_size=48, num_hidden_layers=2,
+                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64)
+    model = wrap(LlamaForCausalLM(cfg), LoraConfig(r=4, alpha=8, dropout=dropout, target_modules=targets), seed=0)
+    # peft starts B at zero, which makes A's gradient zero; random B exercises both factors.
+    for n, p in model.named_parameters():
+        if "lora_B" in n:
+            torch.nn.init.normal_(p, std=0.5)
+    return model
+
+
+@pytest.mark.parametrize("targets", [["q_proj", "v_proj"], ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]])
+@pytest.mark.parametrize("batch,lengths", [(1, [7]), (3, [9, 4, 6]), (5, [12, 12, 3, 8, 2])])
+def test_fast_grad_norms_equal_naive(targets, batch, lengths):
+    model = _tiny_lora_model(targets)
+    width = max(lengths)
+    g = torch.Generator().manual_seed(batch)
+    ids = torch.randint(1, 50, (batch, width), generator=g)
+    attn = torch.zeros(batch, width, dtype=torch.long)
+    labels = torch.full((batch, width), -100)
+    for i, n in enumerate(lengths):
+        attn[i, :n] = 1
+        ids[i, n:] = 0  # padding
+        labels[i, max(1, n - 3) : n] = ids[i, max(1, n - 3) : n]
+    tracker = PerSampleGradNorm(model)
+    with tracker.capture():
+        losses, _ = per_sample_loss(model(input_ids=ids, attention_mask=attn).logits, labels)
+        losses.mean().backward()
+    fast = tracker.norms(scale=batch)
+    model.zero_grad()
+
+    def one(i):
+        return per_sample_loss(model(input_ids=ids[i : i + 1, : lengths[i]], attention_mask=attn[i : i + 1, : lengths[i]]).logits,
+                               labels[i : i + 1, : lengths[i]])[0][0]
+
+    naive = naive_grad_norms(model, one, batch)
+    assert torch.all(naive > 0)
+    torch.testing.assert_close(fast, naive, rtol=1e-4, atol=1e-6)
