@@ -137,6 +137,9 @@ def summary(metrics: dict[str, Any]) -> str:
         f"LLM calls: {metrics['llm']['calls']}, tokens: {metrics['llm']['prompt_tokens']}+{metrics['llm']['completion_tokens']}",
         f"wall time: {metrics['wall_seconds']:.1f} s",
     ]
+    if c.get("rewrites_error"):
+        lines.append(f"warning: {c['rewrites_error']} rewrites failed (endpoint or engine errors, reasons in run.sqlite); "
+                     "those samples stayed numerical")
     return "\n".join(lines)
 
 

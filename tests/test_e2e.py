@@ -1,0 +1,225 @@
+"""The whole graph on a tiny model against a fake OpenAI-compatible server on 127.0.0.1."""
+
+import json
+import sqlite3
+import textwrap
+
+import pytest
+import torch
+import yaml
+
+from fake_openai import PREFIX, FakeOpenAI
+from router.cli import main
+from tiny import make_tiny
+
+torch.set_num_threads(1)
+KEY = "sk-test-SECRET-0123456789"
+
+
+@pytest.fixture(scope="module")
+def tiny_dir(tmp_path_factory):
+    d = tmp_path_factory.mktemp("tiny-model")
+    make_tiny(d)
+    return d
+
+
+def write_config(path, tiny_dir, base_url, **sections):
+    cfg = {
+        "model": {"name_or_path": str(tiny_dir), "max_length": 1024},
+        "lora": {"r": 4, "alpha": 8, "target_modules": ["q_proj", "v_proj"]},
+        "task": {"name": "babi", "n_train": 12, "n_heldout": 6, "seed": 3},
+        "train": {"epochs": 3, "batch_size": 4, "lr": 0.01, "max_new_tokens": 4, "eval_batch_size": 6},
+        # k this large forces saturation from min_epoch on: the tiny model is wrong on everything.
+        "saturation": {"k": 1.0e9, "p": 0.25, "min_epoch": 2},
+        "policy": {"name": "loss-ratio"},
+        "rewriter": {"engine": "openai", "strategy": "textgrad", "base_url": base_url, "model": "fake-model",
+                     "api_key_env": "NSLORA_TEST_KEY", "max_retries": 0, "timeout": 5},
+        "run": {"out_dir": str(path / "runs"), "name": "r", "progress": False},
+    }
+    for section, values in sections.items():
+        cfg[section] = {**cfg.get(section, {}), **values}
+    p = path / "config.yaml"
+    p.write_text(yaml.safe_dump(cfg))
+    return p
+
+
+def rows(run_dir, sql):
+    db = sqlite3.connect(run_dir / "run.sqlite")
+    db.row_factory = sqlite3.Row
+    try:
+        return [dict(r) for r in db.execute(sql)]
+    finally:
+        db.close()
+
+
+@pytest.fixture(scope="module")
+def routed_run(tiny_dir, tmp_path_factory):
+    import os
+
+    os.environ["NSLORA_TEST_KEY"] = KEY
+    tmp = tmp_path_factory.mktemp("e2e")
+    with FakeOpenAI() as srv:
+        cfg = write_config(tmp, tiny_dir, srv.base_url)
+        assert main(["run", str(cfg)]) == 0
+        requests = srv.chat_requests()
+    return tmp / "runs" / "r", requests
+
+
+def test_rewrites_went_over_http_and_were_trained_on(routed_run):
+    run_dir, requests = routed_run
+    rewrites = rows(run_dir, "SELECT * FROM rewrites ORDER BY epoch, sample_id")
+    assert rewrites, "no sample was routed to the symbolic branch"
+    assert all(r["verdict"] == "accepted" for r in rewrites)
+    assert sum(r["calls"] for r in rewrites) == len(requests) > 0
+    # 12 samples, all wrong, p = 0.25 → 3 symbolic per round, rounds at epochs 2 and 3.
+    assert [r["epoch"] for r in rewrites] == [2, 2, 2, 3, 3, 3]
+    epoch2 = {r["sample_id"]: r for r in rewrites if r["epoch"] == 2}
+    for sid, r in epoch2.items():
+        assert r["new_question"] == PREFIX + r["original_question"]
+    signals3 = {r["sample_id"]: r for r in rows(run_dir, "SELECT * FROM signals WHERE epoch=3")}
+    assert {s for s, r in signals3.items() if r["prompt_version"] > 0} == set(epoch2)
+
+    import datasets
+
+    aug = datasets.load_from_disk(str(run_dir / "augmented"))
+    by_id = {r["id"]: r for r in aug}
+    final = {}
+    for r in rewrites:
+        final[r["sample_id"]] = r["new_question"]
+    for sid, question in final.items():
+        assert by_id[sid]["question"] == question and by_id[sid]["rewritten"]
+        assert json.loads(by_id[sid]["provenance"])
+    assert sum(r["rewritten"] for r in aug) == len(final)
+    assert len(aug) == 12
+
+
+def test_every_decision_has_a_reason_and_policy(routed_run):
+    run_dir, _ = routed_run
+    decisions = rows(run_dir, "SELECT * FROM decisions")
+    assert len(decisions) == 24  # every misclassified sample in two rounds
+    assert all(d["reason"].strip() and d["policy"] == "loss-ratio" and d["path"] == "signal" for d in decisions)
+    assert sum(d["route"] == "symbolic" for d in decisions) == 6
+
+
+def test_heldout_is_never_trained_on_nor_rewritten(routed_run):
+    run_dir, _ = routed_run
+    heldout = {r["id"] for r in rows(run_dir, "SELECT id FROM samples WHERE split='heldout'")}
+    train = {r["id"] for r in rows(run_dir, "SELECT id FROM samples WHERE split='train'")}
+    assert heldout and not heldout & train
+    for table in ("signals", "decisions", "rewrites"):
+        assert not {r["sample_id"] for r in rows(run_dir, f"SELECT sample_id FROM {table}")} & heldout
+    assert {r["sample_id"] for r in rows(run_dir, "SELECT sample_id FROM evals")} == heldout
+
+
+def test_run_directory_holds_every_artifact_and_no_secret(routed_run):
+    run_dir, _ = routed_run
+    for name in ("config.yaml", "run.sqlite", "adapter/adapter_config.json", "augmented/dataset_info.json",
+                 "augmented.jsonl", "metrics.json"):
+        assert (run_dir / name).exists(), name
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert set(metrics["heldout_accuracy"]["per_epoch"]) == {"0", "1", "2", "3"}
+    assert metrics["counts"]["rewrites_accepted"] == 6 and metrics["llm"]["calls"] > 0
+    for f in run_dir.rglob("*"):
+        if f.is_file():
+            assert KEY.encode() not in f.read_bytes(), f
+
+
+def test_saved_adapter_reloads_and_reproduces_the_final_outputs(routed_run, tiny_dir):
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from adapters.train import Item, collate, encode, prompt_text
+
+    run_dir, _ = routed_run
+    tok = AutoTokenizer.from_pretrained(tiny_dir)
+    base = AutoModelForCausalLM.from_pretrained(tiny_dir)
+    with torch.no_grad():
+        samples = rows(run_dir, "SELECT * FROM samples WHERE split='heldout' ORDER BY id")
+        enc = collate([encode(tok, Item(s["id"], s["system"], s["question"], s["target"])) for s in samples], tok.pad_token_id)
+        base_logits = base(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"]).logits
+        model = PeftModel.from_pretrained(base, run_dir / "adapter").eval()
+        logits = model(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"]).logits
+        logits_again = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_dir), run_dir / "adapter")(
+            input_ids=enc["input_ids"], attention_mask=enc["attention_mask"]).logits
+    assert not torch.allclose(logits, base_logits), "the adapter did not change the model"
+    torch.testing.assert_close(logits, logits_again)
+    # The reloaded adapter gives the replies the run recorded for its last epoch.
+    stored = {r["sample_id"]: r["reply"] for r in rows(run_dir, "SELECT * FROM evals WHERE epoch=3")}
+    tok.padding_side = "left"
+    texts = [prompt_text(tok, s["system"], s["question"]) for s in samples]
+    batch = tok(texts, return_tensors="pt", padding=True, add_special_tokens=False)
+    out = model.generate(**batch, max_new_tokens=4, do_sample=False, pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id)
+    replies = tok.batch_decode(out[:, batch["input_ids"].shape[1]:], skip_special_tokens=True)
+    assert replies == [stored[s["id"]] for s in samples]
+
+
+def test_same_seed_gives_same_decisions_and_metrics(routed_run, tiny_dir, tmp_path):
+    run_dir, _ = routed_run
+    with FakeOpenAI() as srv:
+        cfg = write_config(tmp_path, tiny_dir, srv.base_url)
+        assert main(["run", str(cfg)]) == 0
+    again = tmp_path / "runs" / "r"
+    for sql in ("SELECT * FROM decisions ORDER BY epoch, sample_id", "SELECT * FROM rewrites ORDER BY epoch, sample_id",
+                "SELECT * FROM signals ORDER BY epoch, sample_id", "SELECT * FROM evals ORDER BY epoch, sample_id"):
+        # The engine's name holds the fake server's port, which differs between the two runs.
+        drop = lambda rs: [{k: v for k, v in r.items() if k != "engine"} for r in rs]
+        assert drop(rows(again, sql)) == drop(rows(run_dir, sql))
+    strip = lambda m: {k: v for k, v in m.items() if k not in ("wall_seconds", "train", "llm")}
+    m1, m2 = (json.loads((d / "metrics.json").read_text()) for d in (run_dir, again))
+    assert strip(m1) == strip(m2)
+    assert {k: v for k, v in m1["llm"].items() if k != "engine"} == {k: v for k, v in m2["llm"].items() if k != "engine"}
+    assert [{k: v for k, v in e.items() if k != "seconds"} for e in m1["train"]] == [
+        {k: v for k, v in e.items() if k != "seconds"} for e in m2["train"]]
+
+
+def test_custom_policy_from_outside_the_package_routes_samples(tiny_dir, tmp_path, monkeypatch):
+    (tmp_path / "team_rules.py").write_text(textwrap.dedent('''
+        from policies import Decision, Policy
+
+        class FirstHalf(Policy):
+            """Rewrite the samples whose id sorts in the first half; everything else stays numerical."""
+            def calibrate(self, views):
+                ids = sorted(v.id for v in views)
+                self.cut_ = ids[len(ids) // 2]
+                return self
+
+            def decide(self, view):
+                first = view.id < self.cut_
+                return Decision("symbolic" if first else "numerical", 1.0, f"id before {self.cut_}: {first}", "team-rule")
+    '''))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setenv("NSLORA_TEST_KEY", KEY)
+    with FakeOpenAI() as srv:
+        cfg = write_config(tmp_path, tiny_dir, srv.base_url, policy={"name": "team_rules:FirstHalf"},
+                           train={"epochs": 2}, rewriter={"strategy": "direct"})
+        assert main(["run", str(cfg)]) == 0
+    run_dir = tmp_path / "runs" / "r"
+    decisions = rows(run_dir, "SELECT * FROM decisions")
+    assert {d["path"] for d in decisions} == {"team-rule"} and {d["policy"] for d in decisions} == {"team_rules:FirstHalf"}
+    assert sum(d["route"] == "symbolic" for d in decisions) == 6
+    assert len(rows(run_dir, "SELECT * FROM rewrites WHERE verdict='accepted'")) == 6
+
+
+def test_endpoint_dying_mid_run_keeps_samples_numerical(tiny_dir, tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("NSLORA_TEST_KEY", KEY)
+    with FakeOpenAI() as srv:
+        cfg = write_config(tmp_path, tiny_dir, srv.base_url, rewriter={"strategy": "direct"})
+        seen = []
+
+        def die_after_two(messages):
+            seen.append(1)
+            if len(seen) >= 2:
+                srv.fault = 503
+            return PREFIX + "Where is Mary?"
+
+        srv.reply = die_after_two
+        assert main(["run", str(cfg)]) == 0
+    run_dir = tmp_path / "runs" / "r"
+    verdicts = [r["verdict"] for r in rows(run_dir, "SELECT verdict FROM rewrites ORDER BY epoch, sample_id")]
+    assert len(verdicts) == 6 and verdicts.count("error") >= 4
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["counts"]["rewrites_error"] == verdicts.count("error")
+    assert f"warning: {verdicts.count('error')} rewrites failed" in capsys.readouterr().out
+    signals3 = rows(run_dir, "SELECT * FROM signals WHERE epoch=3")
+    errored2 = {r["sample_id"] for r in rows(run_dir, "SELECT * FROM rewrites WHERE epoch=2 AND verdict='error'")}
+    assert all(r["prompt_version"] == 0 for r in signals3 if r["sample_id"] in errored2)
