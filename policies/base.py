@@ -47,7 +47,7 @@ class Policy:
     """Base class. Subclasses set `name` and implement `decide`; override `calibrate` to learn thresholds.
 
     Class attributes tell the router how to run the arm: `trains_weights=False` means no LoRA step at all
-    (the pure-symbolic baseline); `needs_saturation=False` means route every epoch from `saturation.min_epoch`.
+    (the pure-symbolic baseline); `needs_saturation=False` means route every epoch, saturated or not.
     """
 
     name: ClassVar[str] = ""

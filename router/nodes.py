@@ -100,10 +100,10 @@ def make_nodes(ctx: RunContext) -> dict[str, Any]:
         c1_by_epoch = []
         for e in range(max(1, epoch - cfg.saturation.window + 1), epoch + 1):
             c1_by_epoch.append({r["sample_id"]: r["c1"] for r in rows if r["epoch"] == e})
-        if epoch < cfg.saturation.min_epoch:
-            saturated, median = False, None
-        elif not ctx.policy.needs_saturation:
+        if not ctx.policy.needs_saturation:
             saturated, median = bool(misclassified), None
+        elif epoch < cfg.saturation.min_epoch:
+            saturated, median = False, None
         else:
             saturated, median = is_saturated(c1_by_epoch, misclassified, cfg.saturation.k, cfg.saturation.window)
         with ctx.store.db:
@@ -154,7 +154,7 @@ def make_nodes(ctx: RunContext) -> dict[str, Any]:
             ctx.count(f"rewrites_{res.verdict}")
             ctx.count("llm_calls", res.calls)
             rows.append({"epoch": epoch, "sample_id": "*system*", "version": epoch, "original_system": system,
-                         "original_question": "", "new_system": res.new_system, "new_question": None,
+                         "original_question": "", "new_system": res.new_system, "new_question": None, "candidate": res.candidate,
                          "student_answer": "\n".join(answers[:8]), "engine": engine_name, "strategy": "textgrad-system",
                          "verdict": res.verdict, "reason": res.reason, "calls": res.calls, "tokens": res.tokens})
         else:
@@ -172,6 +172,7 @@ def make_nodes(ctx: RunContext) -> dict[str, Any]:
                                   "version": p["version"] + 1}
                 rows.append({"epoch": epoch, "sample_id": i, "version": prompts[i]["version"], "original_system": system,
                              "original_question": question, "new_system": res.new_system, "new_question": res.new_question,
+                             "candidate": res.candidate,
                              "student_answer": answer, "engine": engine_name, "strategy": cfg.rewriter.strategy,
                              "verdict": res.verdict, "reason": res.reason, "calls": res.calls, "tokens": res.tokens})
                 if bar is not None:

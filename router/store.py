@@ -27,7 +27,7 @@ CREATE TABLE IF NOT EXISTS decisions (
 CREATE TABLE IF NOT EXISTS rewrites (
   epoch INTEGER NOT NULL, sample_id TEXT NOT NULL, version INTEGER NOT NULL,
   original_system TEXT NOT NULL, original_question TEXT NOT NULL,
-  new_system TEXT, new_question TEXT, student_answer TEXT NOT NULL,
+  new_system TEXT, new_question TEXT, candidate TEXT, student_answer TEXT NOT NULL,
   engine TEXT NOT NULL, strategy TEXT NOT NULL, verdict TEXT NOT NULL, reason TEXT NOT NULL,
   calls INTEGER NOT NULL, tokens INTEGER NOT NULL, PRIMARY KEY (epoch, sample_id)
 );

@@ -223,3 +223,25 @@ def test_endpoint_dying_mid_run_keeps_samples_numerical(tiny_dir, tmp_path, monk
     signals3 = rows(run_dir, "SELECT * FROM signals WHERE epoch=3")
     errored2 = {r["sample_id"] for r in rows(run_dir, "SELECT * FROM rewrites WHERE epoch=2 AND verdict='error'")}
     assert all(r["prompt_version"] == 0 for r in signals3 if r["sample_id"] in errored2)
+
+
+def test_textgrad_only_optimises_the_shared_system_prompt_without_lora_steps(tiny_dir, tmp_path, monkeypatch):
+    monkeypatch.setenv("NSLORA_TEST_KEY", KEY)
+    with FakeOpenAI() as srv:
+        cfg = write_config(tmp_path, tiny_dir, srv.base_url, policy={"name": "textgrad-only"}, train={"epochs": 2},
+                           saturation={"k": 0.0})
+        assert main(["run", str(cfg)]) == 0
+        assert srv.chat_requests()
+    run_dir = tmp_path / "runs" / "r"
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    original = rows(run_dir, "SELECT system FROM samples LIMIT 1")[0]["system"]
+    # The fake server's update prepends its marker once per optimisation round (epochs 1 and 2: no saturation needed).
+    assert metrics["shared_system"] == PREFIX + PREFIX + original
+    assert [r["sample_id"] for r in rows(run_dir, "SELECT sample_id FROM rewrites")] == ["*system*", "*system*"]
+    aug = [json.loads(line) for line in (run_dir / "augmented.jsonl").read_text().splitlines()]
+    assert {r["system"] for r in aug} == {metrics["shared_system"]}
+    # No LoRA step: peft initialises B at zero, so an untouched adapter leaves every B factor zero.
+    from safetensors.torch import load_file
+
+    weights = load_file(run_dir / "adapter" / "adapter_model.safetensors")
+    assert all(torch.count_nonzero(w) == 0 for k, w in weights.items() if "lora_B" in k)

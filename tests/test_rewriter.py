@@ -284,3 +284,16 @@ def test_tiny_saves_and_reloads(tmp_path):
     text = "Natalia sold 48 clips in April. Where is Mary? #### 72"
     assert tok.decode(tok(text)["input_ids"]) == text
     assert model.config.vocab_size == len(tok)
+
+
+def test_rejected_rewrite_keeps_the_candidate_for_inspection(fake_openai):
+    from rewriter.engines import OpenAIEngine
+    from rewriter.strategies import STRATEGIES, RewriteContext
+    from tasks.base import Sample
+
+    fake_openai.reply = lambda messages: "Where is Sandra?"
+    engine = OpenAIEngine(base_url=fake_openai.base_url, model="fake", max_retries=0)
+    q = "Mary moved to the bathroom.\nSandra went to the garden.\nWhere is Mary?"
+    sample = Sample("s", "Answer.", q, "bathroom", "bathroom")
+    res = STRATEGIES["direct"](sample, RewriteContext(engine, "Answer.", q, "bathroom", "garden"))
+    assert res.verdict == "rejected" and res.new_question is None and res.candidate == "Where is Sandra?"

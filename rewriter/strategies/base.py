@@ -19,6 +19,7 @@ class RewriteResult:
     tokens: int
     verdict: Verdict
     reason: str
+    candidate: str | None = None  # what the engine proposed, kept for inspection even when the guard rejected it
 
 
 @dataclass
@@ -57,12 +58,12 @@ def judge(ctx: RewriteContext, meter: Meter, new_question: str | None, new_syste
     if new_question is not None:
         ok, reason = guard.check(ctx.question, new_question, ctx.gold)
         if not ok:
-            return RewriteResult(None, None, calls, tokens, "rejected", reason)
+            return RewriteResult(None, None, calls, tokens, "rejected", reason, candidate=new_question)
     reason = "ok"
     if new_system is not None:
         ok, why = guard.check_system(ctx.system, new_system)
         if not ok and new_question is None:
-            return RewriteResult(None, None, calls, tokens, "rejected", why)
+            return RewriteResult(None, None, calls, tokens, "rejected", why, candidate=new_system)
         if not ok:
             # A good question rewrite is worth keeping even when the shared prompt's rewrite is not.
             new_system, reason = None, f"ok; system prompt rejected: {why}"
