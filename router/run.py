@@ -49,8 +49,22 @@ def _run_dir(cfg: Config) -> Path:
     return path
 
 
+def _quiet_libraries() -> None:
+    """Our own progress bars say what is happening; the libraries' per-load bars and deprecation notes are noise."""
+    import warnings
+
+    import datasets
+    import transformers
+
+    transformers.utils.logging.disable_progress_bar()
+    transformers.utils.logging.set_verbosity_error()
+    datasets.disable_progress_bars()
+    warnings.filterwarnings("ignore", category=FutureWarning, module="transformers")
+
+
 def run(cfg: Config) -> dict[str, Any]:
     started = time.perf_counter()
+    _quiet_libraries()
     task, train, heldout, policy = plan(cfg)
     engine = None
     if _routes_symbolic(cfg, policy):
