@@ -6,11 +6,12 @@ from __future__ import annotations
 
 import math
 import random
+from contextlib import nullcontext
 from dataclasses import dataclass
 
 import torch
 
-from adapters.lora import PerSampleGradNorm
+from adapters.lora import PerSampleGradNorm, naive_grad_norms
 from adapters.signals import per_sample_loss
 
 
@@ -69,12 +70,16 @@ class StepSignals:
 class Trainer:
     """Holds the model, optimizer and accelerator; the graph's nodes call its methods."""
 
-    def __init__(self, model, tokenizer, lr: float, weight_decay: float = 0.0, train_weights: bool = True):
+    def __init__(self, model, tokenizer, lr: float, weight_decay: float = 0.0, train_weights: bool = True,
+                 grad_norm: str = "fast"):
         from accelerate import Accelerator
 
         self.accelerator = Accelerator(cpu=not torch.cuda.is_available())
         self.tokenizer = tokenizer
         self.train_weights = train_weights
+        if grad_norm not in ("fast", "naive", "off"):
+            raise ValueError(f"grad_norm={grad_norm!r} must be 'fast', 'naive' or 'off'")
+        self.grad_norm = grad_norm
         params = [p for p in model.parameters() if p.requires_grad]
         optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
         self.model, self.optimizer = self.accelerator.prepare(model, optimizer)
@@ -91,7 +96,8 @@ class Trainer:
                 losses, correct = per_sample_loss(logits, enc["labels"])
             return {it.id: StepSignals(float(l), bool(c), None) for it, l, c in zip(batch_items, losses, correct)}
         self.model.train()
-        with self.grad_norms.capture():
+        naive = self._naive_norms(enc) if self.grad_norm == "naive" else None
+        with self.grad_norms.capture() if self.grad_norm == "fast" else nullcontext():
             logits = self.model(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"]).logits
             losses, correct = per_sample_loss(logits, enc["labels"])
             loss = losses.mean()
@@ -101,14 +107,27 @@ class Trainer:
                 self.skipped_steps += 1
                 return {it.id: StepSignals(float(l), bool(c), None) for it, l, c in zip(batch_items, losses.detach(), correct)}
             self.accelerator.backward(loss)
-        norms = self.grad_norms.norms(scale=len(batch_items))
+        if self.grad_norm == "fast":
+            norms = self.grad_norms.norms(scale=len(batch_items)).tolist()
+        else:
+            norms = naive.tolist() if naive is not None else [None] * len(batch_items)
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         self.model.eval()
         return {
-            it.id: StepSignals(float(l), bool(c), float(n))
+            it.id: StepSignals(float(l), bool(c), n)
             for it, l, c, n in zip(batch_items, losses.detach(), correct, norms)
         }
+
+    def _naive_norms(self, enc) -> torch.Tensor:
+        """Reference C2: one forward and backward per sample (B times the cost; for benchmarks and checks)."""
+        def one(i):
+            n = int(enc["attention_mask"][i].sum())
+            logits = self.model(input_ids=enc["input_ids"][i : i + 1, :n], attention_mask=enc["attention_mask"][i : i + 1, :n]).logits
+            return per_sample_loss(logits, enc["labels"][i : i + 1, :n])[0][0]
+
+        norms = naive_grad_norms(self.model, one, enc["input_ids"].shape[0])
+        return norms.detach()
 
     def train_epoch(self, items: list[Item], batch_size: int, seed: int, progress=None) -> dict[str, StepSignals]:
         out: dict[str, StepSignals] = {}

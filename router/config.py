@@ -77,6 +77,7 @@ class TrainConfig:
     seed: int = _f(0, "Seed of batching order, LoRA init and dropout.")
     eval_batch_size: int = _f(16, "Held-out samples per generation batch.")
     max_new_tokens: int = _f(16, "Greedy generation length for held-out evaluation.")
+    grad_norm: Literal["fast", "naive", "off"] = _f("fast", "C2: fast (exact, from the normal backward), naive (one backward per sample), off.")
 
     def __post_init__(self):
         _check(self.epochs >= 1, f"train.epochs={self.epochs!r} must be >= 1")

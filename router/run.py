@@ -110,7 +110,8 @@ def run(cfg: Config) -> dict[str, Any]:
     store.add_samples([{"id": s.id, "split": split, "system": s.system, "question": s.question, "answer": s.answer,
                         "target": s.target} for split, group in (("train", train), ("heldout", heldout)) for s in group])
 
-    trainer = Trainer(model, tokenizer, lr=cfg.train.lr, weight_decay=cfg.train.weight_decay, train_weights=policy.trains_weights)
+    trainer = Trainer(model, tokenizer, lr=cfg.train.lr, weight_decay=cfg.train.weight_decay, train_weights=policy.trains_weights,
+                      grad_norm=cfg.train.grad_norm)
     bar = None
     if cfg.run.progress:
         from tqdm.auto import tqdm as bar

@@ -99,3 +99,30 @@ def test_fast_grad_norms_equal_naive(targets, batch, lengths):
     naive = naive_grad_norms(model, one, batch)
     assert torch.all(naive > 0)
     torch.testing.assert_close(fast, naive, rtol=1e-4, atol=1e-6)
+
+
+def test_trainer_fast_and_naive_modes_agree_and_off_gives_none():
+    import copy
+
+    from adapters.train import Item, Trainer
+    from tiny import make_tiny
+
+    base, tok = make_tiny()
+    items = [Item(f"s{i}", "Answer with one word.", "Mary moved to the bathroom. " * (i + 1) + "Where is Mary?", "bathroom")
+             for i in range(4)]
+    results = {}
+    for mode in ("fast", "naive", "off"):
+        model = _randomise_b(wrap(copy.deepcopy(base), LoraConfig(r=4, target_modules=["q_proj", "v_proj"]), seed=0))
+        results[mode] = Trainer(model, tok, lr=1e-2, grad_norm=mode).step(items)
+    for i in results["fast"]:
+        assert results["fast"][i].loss == pytest.approx(results["naive"][i].loss, rel=1e-6)
+        assert results["fast"][i].grad_norm == pytest.approx(results["naive"][i].grad_norm, rel=1e-4)
+        assert results["off"][i].grad_norm is None and results["off"][i].loss == pytest.approx(results["fast"][i].loss, rel=1e-6)
+
+
+def _randomise_b(model):
+    torch.manual_seed(1)
+    for n, p in model.named_parameters():
+        if "lora_B" in n:
+            torch.nn.init.normal_(p, std=0.5)
+    return model

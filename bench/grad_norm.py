@@ -1,0 +1,130 @@
+"""Step time and peak memory of a LoRA step without C2, with fast C2 and with naive C2 (one backward per sample).
+
+    python bench/grad_norm.py                      # SmolLM2-135M and a tiny model, batch 8
+    python bench/grad_norm.py --model tiny --steps 20
+
+Prints one JSON line per model. Modes run interleaved in one process (the machine is shared and noisy), so the
+ratios compare like with like; the median over rounds is reported. Peak memory is the resident-set high-water
+mark of a fresh process per mode over two steps (reset after a warm-up step).
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+MODES = ("off", "fast", "naive")
+
+
+def setup(model_name: str, batch: int):
+    import torch
+
+    from adapters.lora import wrap
+    from adapters.train import Item
+    from router.config import LoraConfig, TaskConfig
+    from tasks import load_task
+
+    if model_name == "tiny":
+        from tiny import make_tiny
+
+        model, tok = make_tiny()
+    else:
+        from adapters.model import load_model
+
+        model, tok, _ = load_model(model_name)
+    _, train, _ = load_task(TaskConfig(name="babi", n_train=batch, n_heldout=1, seed=0))
+    items = [Item(s.id, s.system, s.question, s.target) for s in train]
+    lora = LoraConfig(r=8, alpha=16, target_modules=["q_proj", "k_proj", "v_proj", "o_proj"])
+    torch.manual_seed(0)
+    return wrap(model, lora, seed=0), tok, items
+
+
+def trainer_for(model, tok, mode):
+    from adapters.train import Trainer
+
+    return Trainer(copy.deepcopy(model), tok, lr=1e-4, grad_norm=mode)
+
+
+def timings(model_name: str, batch: int, steps: int) -> dict:
+    import torch
+
+    torch.set_num_threads(int(os.environ.get("BENCH_THREADS", "2")))
+    model, tok, items = setup(model_name, batch)
+    trainers = {m: trainer_for(model, tok, m) for m in MODES}
+    for t in trainers.values():  # warm-up
+        t.step(items)
+    times = {m: [] for m in MODES}
+    for _ in range(steps):
+        for m in MODES:
+            started = time.perf_counter()
+            trainers[m].step(items)
+            times[m].append(time.perf_counter() - started)
+    med = {m: statistics.median(v) for m, v in times.items()}
+    return {
+        "step_seconds": {m: round(v, 4) for m, v in med.items()},
+        "fast_over_off": round(med["fast"] / med["off"], 3),
+        "naive_over_fast": round(med["naive"] / med["fast"], 3),
+    }
+
+
+def peak_rss_mb(model_name: str, batch: int, mode: str) -> float:
+    out = subprocess.run([sys.executable, __file__, "--model", model_name, "--batch", str(batch), "--memory-mode", mode],
+                         capture_output=True, text=True, check=True)
+    return float(out.stdout.strip().splitlines()[-1])
+
+
+def memory_child(model_name: str, batch: int, mode: str) -> None:
+    import torch
+
+    torch.set_num_threads(int(os.environ.get("BENCH_THREADS", "2")))
+    model, tok, items = setup(model_name, batch)
+    from adapters.train import Trainer
+
+    trainer = Trainer(model, tok, lr=1e-4, grad_norm=mode)
+    trainer.step(items)
+    # Reset the kernel's high-water mark so the peak covers the training steps, not the model load.
+    Path("/proc/self/clear_refs").write_text("5")
+    for _ in range(2):
+        trainer.step(items)
+    print(_vm_hwm_kb() / 1024)
+
+
+def _vm_hwm_kb() -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1])
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", action="append", help="smollm2-135m-instruct, tiny, or a model path (repeatable)")
+    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--steps", type=int, default=7)
+    parser.add_argument("--memory-mode", choices=MODES, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    models = args.model or ["tiny", "smollm2-135m-instruct"]
+    if args.memory_mode:
+        memory_child(models[0], args.batch, args.memory_mode)
+        return
+    for name in models:
+        result = {"bench": "grad_norm", "model": name, "batch": args.batch, "steps": args.steps}
+        result.update(timings(name, args.batch, args.steps))
+        result["peak_rss_mb"] = {m: round(peak_rss_mb(name, args.batch, m), 1) for m in MODES}
+        print(json.dumps(result), flush=True)
+
+
+if __name__ == "__main__":
+    main()
