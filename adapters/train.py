@@ -85,39 +85,66 @@ class Trainer:
         self.model, self.optimizer = self.accelerator.prepare(model, optimizer)
         self.grad_norms = PerSampleGradNorm(self.accelerator.unwrap_model(self.model))
         self.skipped_steps = 0
+        # Several processes (torchrun / accelerate launch): each takes a slice of every batch, gradients are
+        # averaged by DDP, and signals are gathered so every process sees all of them.
+        self.rank = self.accelerator.process_index
+        self.world = self.accelerator.num_processes
+
+    @property
+    def is_main(self) -> bool:
+        return self.accelerator.is_main_process
+
+    def _gather(self, pairs: list) -> list:
+        if self.world == 1:
+            return pairs
+        from accelerate.utils import gather_object
+
+        return gather_object(pairs)
 
     def step(self, batch_items: list[Item]) -> dict[str, StepSignals]:
         """One LoRA step on a batch; returns each sample's loss (before the update), correctness and C2."""
-        enc = collate([encode(self.tokenizer, it) for it in batch_items], self.tokenizer.pad_token_id)
+        n_global = len(batch_items)
+        local = batch_items[self.rank :: self.world]
+        # A process with no sample of a short last batch still joins the gradient all-reduce, with zero weight.
+        idle = not local
+        enc = collate([encode(self.tokenizer, it) for it in (local or batch_items[:1])], self.tokenizer.pad_token_id)
         enc = {k: v.to(self.accelerator.device) for k, v in enc.items()}
         if not self.train_weights:
             with torch.no_grad():
                 logits = self.model(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"]).logits
                 losses, correct = per_sample_loss(logits, enc["labels"])
-            return {it.id: StepSignals(float(l), bool(c), None) for it, l, c in zip(batch_items, losses, correct)}
+            return self._collect(local, losses, correct, [None] * len(local))
         self.model.train()
-        naive = self._naive_norms(enc) if self.grad_norm == "naive" else None
+        naive = self._naive_norms(enc) if self.grad_norm == "naive" and not idle else None
         with self.grad_norms.capture() if self.grad_norm == "fast" else nullcontext():
             logits = self.model(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"]).logits
             losses, correct = per_sample_loss(logits, enc["labels"])
-            loss = losses.mean()
-            if not torch.isfinite(loss):
-                # A non-finite loss would poison the adapter; skip the update and keep the signals honest.
+            # Sum over this process's samples, scaled so that DDP's average over processes is the batch mean.
+            loss = losses.sum() * (0.0 if idle else self.world / n_global)
+            finite = torch.isfinite(loss).float().reshape(1)
+            if self.world > 1:
+                finite = self.accelerator.gather(finite).min().reshape(1)
+            if not bool(finite.item()):
+                # A non-finite loss would poison the adapter; every process skips the update together.
                 self.optimizer.zero_grad(set_to_none=True)
                 self.skipped_steps += 1
-                return {it.id: StepSignals(float(l), bool(c), None) for it, l, c in zip(batch_items, losses.detach(), correct)}
+                return self._collect(local, losses.detach(), correct, [None] * len(local))
             self.accelerator.backward(loss)
-        if self.grad_norm == "fast":
-            norms = self.grad_norms.norms(scale=len(batch_items)).tolist()
+        if idle:
+            norms = []
+        elif self.grad_norm == "fast":
+            norms = self.grad_norms.norms(scale=n_global / self.world).tolist()
         else:
-            norms = naive.tolist() if naive is not None else [None] * len(batch_items)
+            norms = naive.tolist() if naive is not None else [None] * len(local)
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         self.model.eval()
-        return {
-            it.id: StepSignals(float(l), bool(c), n)
-            for it, l, c, n in zip(batch_items, losses.detach(), correct, norms)
-        }
+        return self._collect(local, losses.detach(), correct, norms)
+
+    def _collect(self, local: list[Item], losses, correct, norms) -> dict[str, StepSignals]:
+        mine = [(it.id, StepSignals(float(l), bool(c), None if n is None else float(n)))
+                for it, l, c, n in zip(local, losses, correct, norms)]
+        return dict(self._gather(mine))
 
     def _naive_norms(self, enc) -> torch.Tensor:
         """Reference C2: one forward and backward per sample (B times the cost; for benchmarks and checks)."""
@@ -145,9 +172,11 @@ class Trainer:
         model.eval()
         side = tok.padding_side
         tok.padding_side = "left"
-        replies: list[str] = []
+        mine: list[tuple[int, str]] = []
+        starts = list(range(0, len(prompts), batch_size))
         try:
-            for i in range(0, len(prompts), batch_size):
+            # Whole batches go to one process each, so every batch is padded exactly as in a single process.
+            for i in starts[self.rank :: self.world]:
                 chunk = [prompt_text(tok, s, q) for s, q in prompts[i : i + batch_size]]
                 enc = tok(chunk, return_tensors="pt", padding=True, add_special_tokens=False).to(self.accelerator.device)
                 out = model.generate(
@@ -155,12 +184,12 @@ class Trainer:
                     eos_token_id=tok.eos_token_id,
                 )
                 new = out[:, enc["input_ids"].shape[1] :]
-                replies += tok.batch_decode(new, skip_special_tokens=True)
+                mine += list(enumerate(tok.batch_decode(new, skip_special_tokens=True), start=i))
                 if progress is not None:
-                    progress.update(len(chunk))
+                    progress.update(len(chunk) * self.world)
         finally:
             tok.padding_side = side
-        return replies
+        return [reply for _, reply in sorted(self._gather(mine))]
 
 
 def finite_or_none(x: float | None) -> float | None:

@@ -49,7 +49,8 @@ def main(argv: list[str] | None = None) -> int:
             from router.run import run, summary
 
             metrics = run(cfg)
-            print(summary(metrics))
+            if metrics:  # only the main process of a multi-process run reports
+                print(summary(metrics))
             return 0
     except UserError as e:
         print(f"nslora: error: {e}", file=sys.stderr)
@@ -60,5 +61,21 @@ def main(argv: list[str] | None = None) -> int:
     return 1
 
 
+def _shutdown() -> None:
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def entry() -> None:
+    try:
+        code = main()
+    finally:
+        if "torch" in sys.modules:
+            _shutdown()
+    sys.exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    entry()

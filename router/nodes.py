@@ -25,7 +25,8 @@ class RunContext:
     trainer: Trainer
     store: Store
     policy: Policy
-    engine: Any  # rewriter engine, or None when the policy never routes symbolic
+    engine: Any  # rewriter engine; None when the policy never routes symbolic, and on every process but the main one
+    rewrites_enabled: bool = True  # the same on every process, unlike `engine`
     counts: dict[str, int] = field(default_factory=dict)
     epoch_seconds: dict[int, float] = field(default_factory=dict)
     bar: Any = None  # a tqdm factory, or None for no progress bars
@@ -34,6 +35,16 @@ class RunContext:
         if self.bar is None:
             return None
         return self.bar(total=total, desc=desc, leave=False)
+
+    def broadcast(self, obj):
+        """The main process's value of obj, on every process."""
+        if self.trainer.world == 1:
+            return obj
+        from accelerate.utils import broadcast_object_list
+
+        box = [obj]
+        broadcast_object_list(box, from_process=0)
+        return box[0]
 
     def count(self, key: str, n: int = 1) -> None:
         self.counts[key] = self.counts.get(key, 0) + n
@@ -128,19 +139,34 @@ def make_nodes(ctx: RunContext) -> dict[str, Any]:
         return {"decisions": [{"epoch": v.epoch, "sample_id": v.id, "policy": cfg.policy.name, **d.to_dict()}]}
 
     def rewrite(state):
-        from rewriter.strategies import STRATEGIES, RewriteContext, optimize_system_prompt
-
         epoch = state["epoch"]
         decisions = sorted(state.get("decisions", []), key=lambda d: d["sample_id"])
         ctx.store.add_decisions(decisions)
         symbolic = [d["sample_id"] for d in decisions if d["route"] == "symbolic"]
         ctx.count("decisions", len(decisions))
         ctx.count("symbolic", len(symbolic))
-        if not symbolic or ctx.engine is None:
+        for d in decisions:
+            ctx.count(f"path_{d['path']}")
+        if not symbolic or not ctx.rewrites_enabled:
             return {}
         prompts = dict(state["prompts"])
         current = [(system_for(state, prompts[i]), prompts[i]["question"]) for i in symbolic]
+        # Every process joins the generation; only the main process calls the rewriter, then shares the result.
         answers = ctx.trainer.generate(current, cfg.train.max_new_tokens, cfg.train.eval_batch_size)
+        rows, update = rewrite_round(state, epoch, symbolic, current, answers) if ctx.trainer.is_main else ([], {})
+        rows, update = ctx.broadcast((rows, update))
+        for r in rows:
+            ctx.count(f"rewrites_{r['verdict']}")
+            ctx.count("llm_calls", r["calls"])
+        ctx.store.add_rewrites(rows)
+        accepted = sum(r["verdict"] == "accepted" for r in rows)
+        with ctx.store.db:
+            ctx.store.db.execute("UPDATE epochs SET symbolic=?, accepted=? WHERE epoch=?", (len(symbolic), accepted, epoch))
+        return update
+
+    def rewrite_round(state, epoch, symbolic, current, answers):
+        from rewriter.strategies import STRATEGIES, RewriteContext, optimize_system_prompt
+
         engine_name = getattr(ctx.engine, "name", type(ctx.engine).__name__)
         update: dict[str, Any] = {}
         rows = []
@@ -148,42 +174,34 @@ def make_nodes(ctx: RunContext) -> dict[str, Any]:
             system = state.get("shared_system") or ctx.train[0].system
             examples = [(q, a, by_id[i].answer) for i, (_, q), a in zip(symbolic, current, answers)][:8]
             res = optimize_system_prompt(system, examples, ctx.engine)
-            ok = res.verdict == "accepted" and bool(res.new_system)
-            if ok:
+            if res.verdict == "accepted" and res.new_system:
                 update["shared_system"] = res.new_system
-            ctx.count(f"rewrites_{res.verdict}")
-            ctx.count("llm_calls", res.calls)
             rows.append({"epoch": epoch, "sample_id": "*system*", "version": epoch, "original_system": system,
                          "original_question": "", "new_system": res.new_system, "new_question": None, "candidate": res.candidate,
                          "student_answer": "\n".join(answers[:8]), "engine": engine_name, "strategy": "textgrad-system",
                          "verdict": res.verdict, "reason": res.reason, "calls": res.calls, "tokens": res.tokens})
-        else:
-            strategy = STRATEGIES[cfg.rewriter.strategy]
-            bar = ctx.progress(len(symbolic), f"rewrite epoch {epoch}")
-            for i, (system, question), answer in zip(symbolic, current, answers):
-                rctx = RewriteContext(engine=ctx.engine, system=system, question=question, gold=by_id[i].answer,
-                                      student_answer=answer, optimize_system=cfg.rewriter.optimize_system)
-                res = strategy(by_id[i], rctx)
-                ctx.count(f"rewrites_{res.verdict}")
-                ctx.count("llm_calls", res.calls)
-                if res.verdict == "accepted":
-                    p = prompts[i]
-                    prompts[i] = {"system": res.new_system or p["system"], "question": res.new_question or p["question"],
-                                  "version": p["version"] + 1}
-                rows.append({"epoch": epoch, "sample_id": i, "version": prompts[i]["version"], "original_system": system,
-                             "original_question": question, "new_system": res.new_system, "new_question": res.new_question,
-                             "candidate": res.candidate,
-                             "student_answer": answer, "engine": engine_name, "strategy": cfg.rewriter.strategy,
-                             "verdict": res.verdict, "reason": res.reason, "calls": res.calls, "tokens": res.tokens})
-                if bar is not None:
-                    bar.update(1)
-            _close(bar)
-            update["prompts"] = prompts
-        ctx.store.add_rewrites(rows)
-        accepted = sum(r["verdict"] == "accepted" for r in rows)
-        with ctx.store.db:
-            ctx.store.db.execute("UPDATE epochs SET symbolic=?, accepted=? WHERE epoch=?", (len(symbolic), accepted, epoch))
-        return update
+            return rows, update
+        prompts = dict(state["prompts"])
+        strategy = STRATEGIES[cfg.rewriter.strategy]
+        bar = ctx.progress(len(symbolic), f"rewrite epoch {epoch}")
+        for i, (system, question), answer in zip(symbolic, current, answers):
+            rctx = RewriteContext(engine=ctx.engine, system=system, question=question, gold=by_id[i].answer,
+                                  student_answer=answer, optimize_system=cfg.rewriter.optimize_system)
+            res = strategy(by_id[i], rctx)
+            if res.verdict == "accepted":
+                p = prompts[i]
+                prompts[i] = {"system": res.new_system or p["system"], "question": res.new_question or p["question"],
+                              "version": p["version"] + 1}
+            rows.append({"epoch": epoch, "sample_id": i, "version": prompts[i]["version"], "original_system": system,
+                         "original_question": question, "new_system": res.new_system, "new_question": res.new_question,
+                         "candidate": res.candidate, "student_answer": answer, "engine": engine_name,
+                         "strategy": cfg.rewriter.strategy, "verdict": res.verdict, "reason": res.reason,
+                         "calls": res.calls, "tokens": res.tokens})
+            if bar is not None:
+                bar.update(1)
+        _close(bar)
+        update["prompts"] = prompts
+        return rows, update
 
     return {"evaluate": evaluate, "train_epoch": train_epoch, "monitor": monitor, "decide": decide, "rewrite": rewrite,
             "view": view}

@@ -66,16 +66,22 @@ def run(cfg: Config) -> dict[str, Any]:
     started = time.perf_counter()
     _quiet_libraries()
     task, train, heldout, policy = plan(cfg)
-    engine = None
-    if _routes_symbolic(cfg, policy):
-        from rewriter.engines import build_engine, probe
-
-        if cfg.rewriter.engine == "openai":
-            engine = build_engine(cfg.rewriter)
-            probe(engine)
-    path = _run_dir(cfg)
+    symbolic = _routes_symbolic(cfg, policy)
 
     import torch
+    from accelerate import PartialState
+
+    # Under torchrun / accelerate launch every process runs this function; the main one owns the run folder
+    # and the rewriter, the others keep a scratch store and follow its decisions.
+    dist = PartialState(cpu=not torch.cuda.is_available())
+    main = dist.is_main_process
+    engine = None
+    if symbolic and cfg.rewriter.engine == "openai" and main:
+        from rewriter.engines import build_engine
+
+        engine = build_engine(cfg.rewriter)
+    _agree(dist, lambda: _probe(engine) if engine is not None else None)
+    path = _run_dir(cfg) if main else None
 
     from adapters.lora import wrap
     from adapters.model import load_model
@@ -88,7 +94,7 @@ def run(cfg: Config) -> dict[str, Any]:
     torch.manual_seed(cfg.train.seed)
     model, tokenizer, source = load_model(cfg.model.name_or_path, cfg.model.gguf_file, cfg.model.cache_dir)
     _check_lengths(tokenizer, train + heldout, cfg)
-    if engine is None and _routes_symbolic(cfg, policy):
+    if symbolic and engine is None and main and cfg.rewriter.engine == "local":
         from rewriter.engines import build_engine
 
         # The local rewriter is a second copy of the base model: rewriting with the adapter being trained
@@ -101,27 +107,36 @@ def run(cfg: Config) -> dict[str, Any]:
     except ValueError as e:
         raise UserError(str(e)) from None
 
-    if path.exists():
-        shutil.rmtree(path)
-    path.mkdir(parents=True)
-    (path / "config.yaml").write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False), encoding="utf-8")
-    store = Store(path / "run.sqlite")
-    store.put_meta(model_source=source, policy=repr(policy), started=datetime.now().isoformat(timespec="seconds"))
+    scratch = None
+    if main:
+        if path.exists():
+            shutil.rmtree(path)
+        path.mkdir(parents=True)
+        (path / "config.yaml").write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False), encoding="utf-8")
+        store = Store(path / "run.sqlite")
+    else:
+        import tempfile
+
+        scratch = tempfile.TemporaryDirectory(prefix=f"nslora-rank{dist.process_index}-")
+        store = Store(Path(scratch.name) / "run.sqlite")
+    store.put_meta(model_source=source, policy=repr(policy), started=datetime.now().isoformat(timespec="seconds"),
+                   processes=dist.num_processes)
     store.add_samples([{"id": s.id, "split": split, "system": s.system, "question": s.question, "answer": s.answer,
                         "target": s.target} for split, group in (("train", train), ("heldout", heldout)) for s in group])
 
     trainer = Trainer(model, tokenizer, lr=cfg.train.lr, weight_decay=cfg.train.weight_decay, train_weights=policy.trains_weights,
                       grad_norm=cfg.train.grad_norm)
     bar = None
-    if cfg.run.progress:
+    if cfg.run.progress and main:
         from tqdm.auto import tqdm as bar
     ctx = RunContext(cfg=cfg, task=task, train=train, heldout=heldout, trainer=trainer, store=store, policy=policy,
-                     engine=engine, bar=bar)
+                     engine=engine, rewrites_enabled=symbolic, bar=bar)
 
     def export(state):
-        from router.export import export_run
+        if main:
+            from router.export import export_run
 
-        export_run(path, ctx, state, started)
+            export_run(path, ctx, state, started)
         return {}
 
     graph = build_graph(ctx, export)
@@ -129,7 +144,34 @@ def run(cfg: Config) -> dict[str, Any]:
                "shared_system": None, "decisions": None, "accuracy": {}}
     graph.invoke(initial, {"recursion_limit": 20 + 8 * cfg.train.epochs, "max_concurrency": 8})
     store.close()
+    dist.wait_for_everyone()
+    if scratch is not None:
+        scratch.cleanup()
+        return {}
     return json.loads((path / "metrics.json").read_text()) | {"run_dir": str(path)}
+
+
+def _probe(engine) -> str | None:
+    from rewriter.engines import probe
+
+    try:
+        probe(engine)
+    except UserError as e:
+        return str(e)
+    return None
+
+
+def _agree(dist, check) -> None:
+    """Run a check on the main process and raise its error on every process, so none is left waiting."""
+    message = check() if dist.is_main_process else None
+    if dist.num_processes > 1:
+        from accelerate.utils import broadcast_object_list
+
+        box = [message]
+        broadcast_object_list(box, from_process=0)
+        message = box[0]
+    if message:
+        raise UserError(message)
 
 
 def _check_lengths(tokenizer, samples, cfg: Config) -> None:
