@@ -30,7 +30,71 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
                      help="override one config value, e.g. --set train.epochs=3 (repeatable)")
     run.add_argument("--print-config", action="store_true", help="print the resolved config as YAML and exit")
+    pol = sub.add_parser("policy", help="train, evaluate and show a learned (reward) routing policy")
+    psub = pol.add_subparsers(dest="policy_command", required=True)
+    tr = psub.add_parser("train", help="build preference pairs from finished runs and train a reward classifier with TRL",
+                         description="Build preference pairs from RUN_DIRs (train samples only) and train, calibrate and save a reward policy.")
+    tr.add_argument("run_dirs", nargs="+", metavar="RUN_DIR")
+    tr.add_argument("--out", required=True, help="folder for the saved policy")
+    tr.add_argument("--criterion", choices=["c1", "c2", "rewrite"], default="c1",
+                    help="what makes a sample 'needs symbolic': least progress (c1), smallest gradient norm (c2), or an accepted rewrite that helped")
+    tr.add_argument("--max-pairs", type=int, default=2000)
+    tr.add_argument("--high-share", type=float, default=0.5, help="share of still-wrong samples counted as high-criterion")
+    from policies.reward.train import RewardPolicyConfig
+
+    for f in dataclasses.fields(RewardPolicyConfig):
+        flag = "--" + f.name.replace("_", "-")
+        if f.type in (bool, "bool"):
+            tr.add_argument(flag, action="store_true", help=f.metadata.get("help"))
+        else:
+            tr.add_argument(flag, type=str, default=None, help=f.metadata.get("help"))
+    ev = psub.add_parser("eval", help="pairwise accuracy, ROC-AUC, ECE, agreement with the signal policy, deferral share")
+    ev.add_argument("policy_dir")
+    ev.add_argument("run_dirs", nargs="+", metavar="RUN_DIR")
+    ev.add_argument("--criterion", choices=["c1", "c2", "rewrite"], default=None)
+    sh = psub.add_parser("show", help="summarise a saved policy folder")
+    sh.add_argument("policy_dir")
     return parser
+
+
+def _policy_command(args) -> int:
+    import json
+
+    from router.run import _quiet_libraries
+
+    _quiet_libraries()
+
+    if args.policy_command == "show":
+        from policies.reward.evaluate import describe_policy
+
+        print(json.dumps(describe_policy(args.policy_dir), indent=2))
+        return 0
+    if args.policy_command == "eval":
+        from policies.reward.evaluate import evaluate_policy
+
+        print(json.dumps(evaluate_policy(args.policy_dir, args.run_dirs, criterion=args.criterion), indent=2))
+        return 0
+    from policies.reward.pairs import build_pairs
+    from policies.reward.train import RewardPolicyConfig, train_reward_policy
+
+    kwargs = {}
+    for f in dataclasses.fields(RewardPolicyConfig):
+        value = getattr(args, f.name)
+        if value is None or value is False:
+            continue
+        if f.type in (bool, "bool"):
+            kwargs[f.name] = True
+            continue
+        caster = {"int": int, "float": float}.get(str(f.type), str)
+        try:
+            kwargs[f.name] = caster(value)
+        except ValueError:
+            raise UserError(f"--{f.name.replace('_', '-')}={value!r} must be a {str(f.type)}") from None
+    cfg = RewardPolicyConfig(**kwargs)
+    pairs = build_pairs(args.run_dirs, args.criterion, max_pairs=args.max_pairs, high_share=args.high_share)
+    metrics = train_reward_policy(pairs, cfg, args.out)
+    print(json.dumps(metrics, indent=2))
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -52,6 +116,8 @@ def main(argv: list[str] | None = None) -> int:
             if metrics:  # only the main process of a multi-process run reports
                 print(summary(metrics))
             return 0
+        if args.command == "policy":
+            return _policy_command(args)
     except UserError as e:
         print(f"nslora: error: {e}", file=sys.stderr)
         return 2

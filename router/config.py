@@ -102,6 +102,7 @@ class SaturationConfig:
 @dataclass
 class PolicyConfig:
     name: str = _f("loss-ratio", "lora-only, textgrad-only, loss-ratio, grad-norm, random, or your own class as 'package.module:ClassName'.")
+    path: str | None = _f(None, "Folder of a trained policy (policy.name=reward), from `nslora policy train`.")
     params: dict[str, Any] = _f({}, "Keyword arguments passed to the policy's __init__.")
 
 

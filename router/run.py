@@ -29,8 +29,17 @@ def plan(cfg: Config):
 
     task, train, heldout = load_task(cfg.task)
     resolve(cfg.model.name_or_path, cfg.model.gguf_file)
+    params = dict(cfg.policy.params)
+    if cfg.policy.path is not None:
+        params.setdefault("path", cfg.policy.path)
+    if cfg.policy.name == "reward":
+        from policies.reward.folder import load_folder
+
+        if "path" not in params:
+            raise UserError("policy.name=reward needs policy.path: the folder written by `nslora policy train RUN_DIR... --out DIR`")
+        load_folder(params["path"])  # refuses a missing or foreign folder before anything runs
     try:
-        policy = build(cfg.policy.name, cfg.policy.params, p=cfg.saturation.p, seed=cfg.train.seed)
+        policy = build(cfg.policy.name, params, p=cfg.saturation.p, seed=cfg.train.seed)
     except ValueError as e:
         raise UserError(str(e)) from None
     return task, train, heldout, policy

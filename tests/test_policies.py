@@ -9,7 +9,7 @@ from policies import REGISTRY, build, check_policy, resolve
 from policies.base import Decision, Policy, SampleView, example_views
 
 
-@pytest.mark.parametrize("name", sorted(REGISTRY))
+@pytest.mark.parametrize("name", sorted(n for n in REGISTRY if n != "reward"))  # reward: tests/test_reward.py
 def test_every_builtin_passes_the_conformance_check(name):
     check_policy(build(name, {}, p=0.25, seed=0))
 
