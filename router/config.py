@@ -108,21 +108,53 @@ class PolicyConfig:
 
 @dataclass
 class RewriterConfig:
-    strategy: Literal["textgrad", "direct"] = _f("direct", "textgrad: a TGD step with the gold answer in the loss (capable engines); direct: one rewrite call (small local models).")
+    strategy: Literal["textgrad", "direct", "rules"] = _f("direct", "textgrad: a TGD step with the gold answer in the loss (capable engines); direct: one rewrite call (small local models); rules: deterministic task-aware layouts, no LLM.")
     engine: Literal["openai", "local"] = _f("local", "openai: any OpenAI-compatible endpoint; local: an in-process transformers model.")
     base_url: str | None = _f(None, "Endpoint of an OpenAI-compatible server (None: api.openai.com).")
-    model: str = _f("gpt-4o", "Model name sent to the endpoint (openai engine).")
+    model: str = _f("gpt-4o", "Model name sent to the endpoint (openai engine); also the key of its price.")
     api_key_env: str = _f("OPENAI_API_KEY", "Name of the environment variable that holds the API key (the key itself never enters a file).")
     local_model: str | None = _f(None, "Model for the local engine (default: the model being trained, without its adapter).")
-    optimize_system: bool = _f(False, "Also rewrite the shared system prompt P.")
+    optimize_system: bool = _f(False, "Also rewrite the system prompt P (per sample) together with the question.")
     temperature: float = _f(0.0, "Sampling temperature of rewrite calls.")
     max_tokens: int = _f(256, "Longest reply of a rewrite call.")
     timeout: float = _f(60.0, "Seconds before one HTTP call is abandoned.")
-    max_retries: int = _f(2, "Retries of a failed HTTP call.")
+    max_retries: int = _f(2, "Retries of a failed call (timeouts, 429, 5xx, connection errors, malformed replies).")
+    backoff_base: float = _f(0.5, "First retry waits about this many seconds (x0.5-1 jitter), doubling each retry.")
+    backoff_max: float = _f(20.0, "Longest wait between two retries, in seconds.")
+    retry_after_max: float = _f(60.0, "Longest Retry-After a 429/503 may ask for; a longer one fails the call at once.")
+    breaker_failures: int = _f(5, "Consecutive failed attempts on one endpoint that open its circuit breaker.")
+    breaker_cooldown: float = _f(30.0, "Seconds an open breaker fails calls fast before letting one trial call through.")
+    max_reply_chars: int | None = _f(None, "Longer replies are malformed and retried (default: max(2000, 16 x max_tokens)).")
+    concurrency: int = _f(8, "Rewrites of one routing round run side by side (one sample's TextGrad steps stay in order).")
+    cache: bool = _f(True, "Keep every engine reply in a persistent SQLite cache, so a rerun pays nothing twice.")
+    cache_path: str | None = _f(None, "Reply cache file (default: <run.out_dir>/rewrite-cache.sqlite, shared by the runs there).")
+    max_calls: int | None = _f(None, "Budget: most engine calls of the run (None: no limit); then the remaining symbolic samples stay numerical.")
+    max_total_tokens: int | None = _f(None, "Budget: most prompt + completion tokens of the run (None: no limit).")
+    max_cost: float | None = _f(None, "Budget: most estimated cost of the run in USD (None: no limit).")
+    prices: dict[str, list[float]] = _f({"gpt-4o": [2.5, 10.0], "gpt-4o-mini": [0.15, 0.6]}, "USD per 1M tokens, model: [prompt, completion]; local engines cost 0.")
+    guard: bool = _f(True, "Check that every rewrite kept the question's meaning and does not reveal the answer.")
+    guard_similarity: bool = _f(True, "Also require embedding similarity (all-MiniLM-L6-v2, offline) between original and rewrite.")
+    guard_min_similarity: float = _f(0.80, "Lowest cosine similarity of original and rewrite (faithful rewrites measured 0.89-0.99).")
+    guard_min_length_ratio: float = _f(0.5, "Shortest rewrite as a share of the original's length (less 50 chars of slack).")
+    guard_max_length_ratio: float = _f(3.0, "Longest rewrite as a multiple of the original's length (plus 200 chars of slack).")
+    revert_after: int = _f(2, "A rewritten sample whose loss has not fallen below its loss at the rewrite after this many epochs goes back to its previous prompt (0: never).")
 
     def __post_init__(self):
         _check(self.timeout > 0, f"rewriter.timeout={self.timeout!r} must be > 0")
         _check(self.max_tokens >= 8, f"rewriter.max_tokens={self.max_tokens!r} must be >= 8")
+        _check(self.max_retries >= 0, f"rewriter.max_retries={self.max_retries!r} must be >= 0")
+        _check(self.concurrency >= 1, f"rewriter.concurrency={self.concurrency!r} must be >= 1")
+        _check(self.breaker_failures >= 1, f"rewriter.breaker_failures={self.breaker_failures!r} must be >= 1")
+        _check(self.revert_after >= 0, f"rewriter.revert_after={self.revert_after!r} must be >= 0 (0 turns reverting off)")
+        for name in ("max_calls", "max_total_tokens", "max_cost"):
+            value = getattr(self, name)
+            _check(value is None or value >= 0, f"rewriter.{name}={value!r} must be >= 0, or null for no limit")
+        _check(-1.0 <= self.guard_min_similarity <= 1.0, f"rewriter.guard_min_similarity={self.guard_min_similarity!r} must be in [-1, 1]")
+        _check(0 <= self.guard_min_length_ratio < self.guard_max_length_ratio,
+               f"rewriter.guard_min_length_ratio={self.guard_min_length_ratio!r} must be >= 0 and below guard_max_length_ratio={self.guard_max_length_ratio!r}")
+        for model, price in self.prices.items():
+            _check(isinstance(price, list) and len(price) == 2 and all(isinstance(x, (int, float)) and x >= 0 for x in price),
+                   f"rewriter.prices.{model}={price!r} must be [prompt, completion] USD per 1M tokens, e.g. [2.5, 10]")
 
 
 @dataclass

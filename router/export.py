@@ -43,6 +43,17 @@ def augmented_rows(ctx, state) -> list[dict[str, Any]]:
     return rows
 
 
+def llm_usage(ctx) -> dict[str, Any]:
+    """Calls, tokens, estimated cost and cache hits, summed over the run's recorded rewrites."""
+    totals = ctx.store.query("SELECT COALESCE(SUM(calls), 0) AS calls, COALESCE(SUM(prompt_tokens), 0) AS prompt_tokens, "
+                             "COALESCE(SUM(completion_tokens), 0) AS completion_tokens, COALESCE(SUM(cost), 0) AS cost, "
+                             "COALESCE(SUM(cache_hits), 0) AS cache_hits FROM rewrites")[0]
+    usage = {"engine": getattr(ctx.engine, "name", None), **totals, "cost": round(totals["cost"], 6)}
+    if ctx.budget is not None:
+        usage["budget"] = {**ctx.budget.snapshot(), "exhausted": ctx.budget.exhausted()}
+    return usage
+
+
 def export_run(path: Path, ctx, state, started: float) -> dict[str, Any]:
     import datasets
 
@@ -55,7 +66,6 @@ def export_run(path: Path, ctx, state, started: float) -> dict[str, Any]:
 
     acc = {int(k): v for k, v in state.get("accuracy", {}).items()}
     last = max(acc)
-    engine = ctx.engine
     counts = dict(sorted(ctx.counts.items()))
     counts.update({"train": len(ctx.train), "heldout": len(ctx.heldout), "skipped_steps": ctx.trainer.skipped_steps,
                    "rewritten_samples": sum(r["version"] > 0 for r in rows)})
@@ -63,8 +73,7 @@ def export_run(path: Path, ctx, state, started: float) -> dict[str, Any]:
         "heldout_accuracy": {"before": acc[0], "final": acc[last], "per_epoch": {str(k): acc[k] for k in sorted(acc)}},
         "train": [dict(r) for r in ctx.store.query("SELECT * FROM epochs WHERE epoch > 0 ORDER BY epoch")],
         "counts": counts,
-        "llm": {"engine": getattr(engine, "name", None), "calls": getattr(engine, "calls", 0),
-                "prompt_tokens": getattr(engine, "prompt_tokens", 0), "completion_tokens": getattr(engine, "completion_tokens", 0)},
+        "llm": llm_usage(ctx),
         "shared_system": state.get("shared_system"),
         "wall_seconds": round(time.perf_counter() - started, 3),
     }

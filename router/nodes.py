@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -27,6 +28,7 @@ class RunContext:
     policy: Policy
     engine: Any  # rewriter engine; None when the policy never routes symbolic, and on every process but the main one
     rewrites_enabled: bool = True  # the same on every process, unlike `engine`
+    budget: Any = None  # rewriter.budget.Budget when a limit is set
     counts: dict[str, int] = field(default_factory=dict)
     epoch_seconds: dict[int, float] = field(default_factory=dict)
     bar: Any = None  # a tqdm factory, or None for no progress bars
@@ -101,7 +103,29 @@ def make_nodes(ctx: RunContext) -> dict[str, Any]:
                              "train_correct": sum(r["correct"] for r in rows) / n, "heldout_accuracy": None,
                              "saturated": 0, "saturation_median": None, "symbolic": 0, "accepted": 0, "seconds": None})
         ctx.epoch_seconds[epoch] = time.perf_counter() - started
-        return {"epoch": epoch, "decisions": None, "candidates": [], "saturated": False}
+        update = {"epoch": epoch, "decisions": None, "candidates": [], "saturated": False, "reverted": []}
+        reverted, reverts = revert_unhelpful(prompts, {r["sample_id"]: r["loss"] for r in rows}, epoch)
+        if reverts:
+            ctx.store.add_decisions(reverts)
+            ctx.count("reverts", len(reverts))
+            update.update({"prompts": reverted, "reverted": [d["sample_id"] for d in reverts]})
+        return update
+
+    def revert_unhelpful(prompts, losses, epoch):
+        """Rewrites whose loss has not fallen below the loss at the rewrite after `revert_after` epochs go back."""
+        after = cfg.rewriter.revert_after
+        out, decisions = dict(prompts), []
+        for i, p in prompts.items():
+            if not after or p["version"] == 0 or p.get("loss_at") is None or epoch - p["since"] < after:
+                continue
+            if losses[i] < p["loss_at"]:
+                continue
+            out[i] = p["prev"]
+            decisions.append({"epoch": epoch, "sample_id": i, "policy": "revert", "route": "numerical", "confidence": 1.0,
+                              "reason": f"loss {losses[i]:.4f} is not below {p['loss_at']:.4f}, its loss when rewritten at "
+                                        f"epoch {p['since']}; back to prompt version {p['prev']['version']}",
+                              "path": "revert"})
+        return out, decisions
 
     def monitor(state):
         epoch = state["epoch"]
@@ -122,7 +146,7 @@ def make_nodes(ctx: RunContext) -> dict[str, Any]:
         if not saturated:
             return {"saturated": False, "candidates": []}
         ctx.count("routing_rounds")
-        candidates = sorted(misclassified)
+        candidates = sorted(misclassified - set(state.get("reverted", [])))
         views = [view(state, i, now[i]) for i in candidates]
         ctx.policy.calibrate(views)
         return {"saturated": True, "candidates": candidates}
@@ -158,6 +182,7 @@ def make_nodes(ctx: RunContext) -> dict[str, Any]:
         for r in rows:
             ctx.count(f"rewrites_{r['verdict']}")
             ctx.count("llm_calls", r["calls"])
+            ctx.count("cache_hits", r["cache_hits"])
         ctx.store.add_rewrites(rows)
         accepted = sum(r["verdict"] == "accepted" for r in rows)
         with ctx.store.db:
@@ -165,7 +190,7 @@ def make_nodes(ctx: RunContext) -> dict[str, Any]:
         return update
 
     def rewrite_round(state, epoch, symbolic, current, answers):
-        from rewriter.strategies import STRATEGIES, RewriteContext, optimize_system_prompt
+        from rewriter.strategies import RewriteContext, optimize_system_prompt
 
         engine_name = getattr(ctx.engine, "name", type(ctx.engine).__name__)
         update: dict[str, Any] = {}
@@ -179,27 +204,41 @@ def make_nodes(ctx: RunContext) -> dict[str, Any]:
             rows.append({"epoch": epoch, "sample_id": "*system*", "version": epoch, "original_system": system,
                          "original_question": "", "new_system": res.new_system, "new_question": None, "candidate": res.candidate,
                          "student_answer": "\n".join(answers[:8]), "engine": engine_name, "strategy": "textgrad-system",
-                         "verdict": res.verdict, "reason": res.reason, "calls": res.calls, "tokens": res.tokens})
+                         "verdict": res.verdict, "reason": res.reason, "calls": res.calls, "tokens": res.tokens,
+                         "prompt_tokens": res.prompt_tokens, "completion_tokens": res.completion_tokens,
+                         "cache_hits": res.cache_hits, "cost": None, "scores": json.dumps(res.scores, sort_keys=True),
+                         "seconds": round(res.seconds, 3)})
             return rows, update
+        from rewriter.budget import cost_of
+        from rewriter.pool import rewrite_many
+        from rewriter.settings import guard_config
+
         prompts = dict(state["prompts"])
-        strategy = STRATEGIES[cfg.rewriter.strategy]
-        bar = ctx.progress(len(symbolic), f"rewrite epoch {epoch}")
-        for i, (system, question), answer in zip(symbolic, current, answers):
-            rctx = RewriteContext(engine=ctx.engine, system=system, question=question, gold=by_id[i].answer,
-                                  student_answer=answer, optimize_system=cfg.rewriter.optimize_system)
-            res = strategy(by_id[i], rctx)
+        guard = guard_config(cfg.rewriter)
+        losses = {r["sample_id"]: r["loss"] for r in ctx.store.query("SELECT sample_id, loss FROM signals WHERE epoch=?", (epoch,))}
+        jobs = [(by_id[i], RewriteContext(engine=ctx.engine, system=system, question=question, gold=by_id[i].answer,
+                                          student_answer=answer, optimize_system=cfg.rewriter.optimize_system,
+                                          guard=guard, task=cfg.task.name))
+                for i, (system, question), answer in zip(symbolic, current, answers)]
+        bar = ctx.progress(len(jobs), f"rewrite epoch {epoch}")
+        results = rewrite_many(jobs, cfg.rewriter.strategy, concurrency=cfg.rewriter.concurrency, budget=ctx.budget, progress=bar)
+        _close(bar)
+        kind = "local" if cfg.rewriter.engine == "local" else "openai"
+        prices = {k: tuple(v) for k, v in cfg.rewriter.prices.items()}
+        for i, (system, question), answer, res in zip(symbolic, current, answers, results):
             if res.verdict == "accepted":
                 p = prompts[i]
+                # Keep the previous version and the loss it had, so a rewrite that does not help can be reverted.
                 prompts[i] = {"system": res.new_system or p["system"], "question": res.new_question or p["question"],
-                              "version": p["version"] + 1}
+                              "version": p["version"] + 1, "since": epoch, "loss_at": losses.get(i), "prev": p}
             rows.append({"epoch": epoch, "sample_id": i, "version": prompts[i]["version"], "original_system": system,
                          "original_question": question, "new_system": res.new_system, "new_question": res.new_question,
                          "candidate": res.candidate, "student_answer": answer, "engine": engine_name,
                          "strategy": cfg.rewriter.strategy, "verdict": res.verdict, "reason": res.reason,
-                         "calls": res.calls, "tokens": res.tokens})
-            if bar is not None:
-                bar.update(1)
-        _close(bar)
+                         "calls": res.calls, "tokens": res.tokens, "prompt_tokens": res.prompt_tokens,
+                         "completion_tokens": res.completion_tokens, "cache_hits": res.cache_hits,
+                         "cost": cost_of(cfg.rewriter.model, res.prompt_tokens, res.completion_tokens, prices, kind),
+                         "scores": json.dumps(res.scores, sort_keys=True), "seconds": round(res.seconds, 3)})
         update["prompts"] = prompts
         return rows, update
 

@@ -111,6 +111,13 @@ def run(cfg: Config) -> dict[str, Any]:
         name = cfg.rewriter.local_model or cfg.model.name_or_path
         rmodel, rtok, _ = load_model(name, cfg.model.gguf_file if name == cfg.model.name_or_path else None, cfg.model.cache_dir)
         engine = build_engine(cfg.rewriter, local_model=rmodel, local_tokenizer=rtok)
+    budget = None
+    if engine is not None:
+        from rewriter.settings import make_budget, prepare_engine
+
+        # The reply cache sits beside the run folders, so a rerun of the same config pays for nothing twice.
+        engine = prepare_engine(engine, cfg.rewriter, cfg.run.out_dir)
+        budget = make_budget(cfg.rewriter)
     try:
         model = wrap(model, cfg.lora, seed=cfg.train.seed)
     except ValueError as e:
@@ -139,7 +146,7 @@ def run(cfg: Config) -> dict[str, Any]:
     if cfg.run.progress and main:
         from tqdm.auto import tqdm as bar
     ctx = RunContext(cfg=cfg, task=task, train=train, heldout=heldout, trainer=trainer, store=store, policy=policy,
-                     engine=engine, rewrites_enabled=symbolic, bar=bar)
+                     engine=engine, rewrites_enabled=symbolic, budget=budget, bar=bar)
 
     def export(state):
         if main:
@@ -158,6 +165,40 @@ def run(cfg: Config) -> dict[str, Any]:
         scratch.cleanup()
         return {}
     return json.loads((path / "metrics.json").read_text()) | {"run_dir": str(path)}
+
+
+def dry_run(cfg: Config) -> str:
+    """What a run would spend on the rewriter at most, before anything is loaded or called."""
+    from adapters.signals import budget_count
+    from rewriter.budget import estimate
+
+    task, train, heldout, policy = plan(cfg)
+    if not _routes_symbolic(cfg, policy):
+        return f"policy {cfg.policy.name} never rewrites: 0 LLM calls, cost $0"
+    if policy.needs_saturation:
+        rounds = max(0, cfg.train.epochs - cfg.saturation.min_epoch + 1)
+    else:
+        rounds = cfg.train.epochs
+    per_round = budget_count(len(train), cfg.saturation.p)
+    strategy = cfg.rewriter.strategy
+    if policy.optimizes_shared_system:
+        per_round, strategy = min(8, len(train)), "textgrad"
+    avg_tokens = round(sum(len(s.system) + len(s.question) for s in train) / len(train) / 4)
+    kind = "local" if cfg.rewriter.engine == "local" else "openai"
+    est = estimate(rounds * per_round, strategy, optimize_system=cfg.rewriter.optimize_system or policy.optimizes_shared_system,
+                   avg_prompt_tokens=avg_tokens, model=cfg.rewriter.model, kind=kind,
+                   prices={k: tuple(v) for k, v in cfg.rewriter.prices.items()})
+    lines = [
+        f"dry run: {len(train)} training samples, up to {rounds} routing rounds x {per_round} symbolic samples "
+        f"({strategy} strategy, ~{avg_tokens} prompt tokens a sample)",
+        f"at most ~{est['calls']} LLM calls, ~{est['prompt_tokens']}+{est['completion_tokens']} tokens, "
+        f"~${est['cost']:.4f} on {cfg.rewriter.model if kind == 'openai' else 'the local engine'} (before cache hits)",
+    ]
+    limits = {k: getattr(cfg.rewriter, k) for k in ("max_calls", "max_total_tokens", "max_cost") if getattr(cfg.rewriter, k) is not None}
+    if limits:
+        lines.append("budget: " + ", ".join(f"rewriter.{k}={v}" for k, v in limits.items())
+                     + "; when reached, the remaining symbolic samples stay numerical")
+    return "\n".join(lines)
 
 
 def _probe(engine) -> str | None:
@@ -200,9 +241,14 @@ def summary(metrics: dict[str, Any]) -> str:
         f"held-out accuracy: before {acc['before']:.3f} → after {acc['final']:.3f} ({metrics['counts']['heldout']} samples)",
         f"routing rounds: {c.get('routing_rounds', 0)}, decisions: {c.get('decisions', 0)}, symbolic: {c.get('symbolic', 0)}, "
         f"rewrites accepted/rejected/failed: {c.get('rewrites_accepted', 0)}/{c.get('rewrites_rejected', 0)}/{c.get('rewrites_error', 0)}",
-        f"LLM calls: {metrics['llm']['calls']}, tokens: {metrics['llm']['prompt_tokens']}+{metrics['llm']['completion_tokens']}",
+        f"LLM calls: {metrics['llm']['calls']} (+{metrics['llm']['cache_hits']} from cache), tokens: "
+        f"{metrics['llm']['prompt_tokens']}+{metrics['llm']['completion_tokens']}, estimated cost: ${metrics['llm']['cost']:.4f}"
+        + (f", reverted rewrites: {c['reverts']}" if c.get("reverts") else ""),
         f"wall time: {metrics['wall_seconds']:.1f} s",
     ]
+    if c.get("rewrites_skipped"):
+        lines.append(f"budget reached: {c['rewrites_skipped']} symbolic samples stayed numerical "
+                     f"({metrics['llm'].get('budget', {}).get('exhausted') or 'see rewriter.max_*'})")
     if c.get("rewrites_error"):
         lines.append(f"warning: {c['rewrites_error']} rewrites failed (endpoint or engine errors, reasons in run.sqlite); "
                      "those samples stayed numerical")

@@ -15,9 +15,10 @@ def round_decisions(old: list[dict] | None, new: list[dict] | None) -> list[dict
 
 class RunState(TypedDict, total=False):
     epoch: int  # last finished training epoch (0 = before training)
-    prompts: dict[str, dict[str, Any]]  # sample id -> {"system", "question", "version"}
+    prompts: dict[str, dict[str, Any]]  # sample id -> {"system", "question", "version"[, "since", "loss_at", "prev"]}
     shared_system: str | None  # the optimised shared P (textgrad-only), None when unchanged
     saturated: bool
     candidates: list[str]
+    reverted: list[str]  # samples sent back to their previous prompt this epoch (not candidates again this epoch)
     decisions: Annotated[list[dict[str, Any]], round_decisions]
     accuracy: dict[str, float]  # epoch (as str) -> held-out accuracy

@@ -22,14 +22,15 @@ CREATE TABLE IF NOT EXISTS signals (
 );
 CREATE TABLE IF NOT EXISTS decisions (
   epoch INTEGER NOT NULL, sample_id TEXT NOT NULL, policy TEXT NOT NULL, route TEXT NOT NULL,
-  confidence REAL NOT NULL, reason TEXT NOT NULL, path TEXT NOT NULL, PRIMARY KEY (epoch, sample_id)
+  confidence REAL NOT NULL, reason TEXT NOT NULL, path TEXT NOT NULL, PRIMARY KEY (epoch, sample_id, path)
 );
 CREATE TABLE IF NOT EXISTS rewrites (
   epoch INTEGER NOT NULL, sample_id TEXT NOT NULL, version INTEGER NOT NULL,
   original_system TEXT NOT NULL, original_question TEXT NOT NULL,
   new_system TEXT, new_question TEXT, candidate TEXT, student_answer TEXT NOT NULL,
   engine TEXT NOT NULL, strategy TEXT NOT NULL, verdict TEXT NOT NULL, reason TEXT NOT NULL,
-  calls INTEGER NOT NULL, tokens INTEGER NOT NULL, PRIMARY KEY (epoch, sample_id)
+  calls INTEGER NOT NULL, tokens INTEGER NOT NULL, prompt_tokens INTEGER, completion_tokens INTEGER,
+  cache_hits INTEGER, cost REAL, scores TEXT, seconds REAL, PRIMARY KEY (epoch, sample_id)
 );
 CREATE TABLE IF NOT EXISTS evals (
   epoch INTEGER NOT NULL, sample_id TEXT NOT NULL, reply TEXT NOT NULL, prediction TEXT NOT NULL,

@@ -8,6 +8,14 @@
 The default replier understands the prompts the rewriter sends: a textgrad TGD update gets the variable back
 between <IMPROVED_VARIABLE> tags with "Read carefully. " in front (a faithful rewrite), a direct rewrite request
 gets the same rewrite of its <QUESTION>, and anything else (losses, gradients) gets a short critique.
+
+Scripted faults, one step consumed per chat request (then normal replies again):
+    srv.script = [429, 500, "slow", "empty", "long", "drop", "ok"]
+        an int: that HTTP status (with `Retry-After: srv.retry_after` when set); "slow": sleep `slow_seconds`
+        first (over the client's timeout), then reply; "empty"/"long": a 200 whose content is empty / 50,000
+        characters; "drop": close the connection without a reply; "ok": a normal reply.
+    srv.kill_after = 5  # the server dies after 5 answered chat requests: later ones are dropped unanswered
+    srv.served         # Counter of what each chat request got ("ok", 429, "drop", ...)
 """
 
 from __future__ import annotations
@@ -16,6 +24,7 @@ import json
 import re
 import threading
 import time
+from collections import Counter
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Callable
 
@@ -61,6 +70,12 @@ class FakeOpenAI:
         self.latency = latency
         self.fault = fault  # an HTTP status (500, 429, ...) returned instead of a reply while set
         self.model = model
+        self.script: list = []
+        self.retry_after: str | None = None
+        self.slow_seconds = 3.0
+        self.kill_after: int | None = None
+        self.served: Counter = Counter()
+        self._answered = 0
         self.requests: list[dict] = []
         self.paths: list[str] = []
         self._lock = threading.Lock()
@@ -106,8 +121,13 @@ class FakeOpenAI:
                 self.send_response(status)
                 self.send_header("Content-Type", "application/json")
                 self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
+                self._end(body)
+
+            def _end(self, body: bytes) -> None:
+                # Headers and body in one write: two small writes meet Nagle's algorithm and the client's delayed
+                # ACK, adding ~40 ms to every call, which would swamp the injected latency in benchmarks.
+                self._headers_buffer.append(b"\r\n" + body)
+                self.flush_headers()
 
             def _fault(self) -> bool:
                 if srv.fault is None:
@@ -115,6 +135,33 @@ class FakeOpenAI:
                 error = {"message": f"scripted fault {srv.fault}", "type": "server_error", "code": srv.fault}
                 self._send(srv.fault, {"error": error})
                 return True
+
+            def _status(self, status: int) -> None:
+                error = {"message": f"scripted fault {status}", "type": "server_error", "code": status}
+                body = json.dumps({"error": error}).encode()
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                if srv.retry_after is not None:
+                    self.send_header("Retry-After", str(srv.retry_after))
+                self._end(body)
+
+            def _drop(self) -> None:
+                self.close_connection = True
+                try:
+                    self.connection.shutdown(2)
+                except OSError:
+                    pass
+
+            def _step(self):
+                """The scripted step for this chat request: None for a normal reply."""
+                with srv._lock:
+                    if srv.kill_after is not None and srv._answered >= srv.kill_after:
+                        return "drop"
+                    step = srv.script.pop(0) if srv.script else "ok"
+                    if step != "drop" and not isinstance(step, int):
+                        srv._answered += 1
+                    return step
 
             def do_GET(self):
                 with srv._lock:
@@ -144,8 +191,23 @@ class FakeOpenAI:
                 if not self.path.rstrip("/").endswith("/chat/completions"):
                     self._send(404, {"error": {"message": f"no route {self.path}", "type": "not_found"}})
                     return
+                step = self._step()
+                with srv._lock:
+                    srv.served[step] += 1
+                if step == "drop":
+                    self._drop()
+                    return
+                if isinstance(step, int):
+                    self._status(step)
+                    return
+                if step == "slow":
+                    time.sleep(srv.slow_seconds)
                 messages = body.get("messages", [])
                 text = srv.reply(messages)
+                if step == "empty":
+                    text = ""
+                elif step == "long":
+                    text = "x" * 50_000
                 # Words stand in for tokens: enough for tests that count usage.
                 prompt_tokens = sum(_words(_text(m.get("content"))) for m in messages)
                 completion_tokens = _words(text)

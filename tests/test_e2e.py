@@ -162,7 +162,7 @@ def test_same_seed_gives_same_decisions_and_metrics(routed_run, tiny_dir, tmp_pa
     for sql in ("SELECT * FROM decisions ORDER BY epoch, sample_id", "SELECT * FROM rewrites ORDER BY epoch, sample_id",
                 "SELECT * FROM signals ORDER BY epoch, sample_id", "SELECT * FROM evals ORDER BY epoch, sample_id"):
         # The engine's name holds the fake server's port, which differs between the two runs.
-        drop = lambda rs: [{k: v for k, v in r.items() if k != "engine"} for r in rs]
+        drop = lambda rs: [{k: v for k, v in r.items() if k not in ("engine", "seconds")} for r in rs]
         assert drop(rows(again, sql)) == drop(rows(run_dir, sql))
     strip = lambda m: {k: v for k, v in m.items() if k not in ("wall_seconds", "train", "llm")}
     m1, m2 = (json.loads((d / "metrics.json").read_text()) for d in (run_dir, again))

@@ -116,7 +116,8 @@ def test_textgrad_reply_without_tags_is_an_error(fake_openai, engine):
     result = STRATEGIES["textgrad"](sample(), context(engine))
     assert result.verdict == "error"
     assert result.new_question is None
-    assert "IndexError" in result.reason and "\n" not in result.reason
+    # The engine sees that textgrad's update asked for the tags and treats a reply without them as malformed.
+    assert "malformed reply: no <IMPROVED_VARIABLE>" in result.reason and "\n" not in result.reason
     assert result.calls == 4
 
 

@@ -1,0 +1,178 @@
+"""A persistent, content-addressed cache of engine replies (one SQLite file), so no rewrite is paid for twice.
+
+    engine = CachedEngine(OpenAIEngine(...), "runs/r/rewrites.sqlite")
+    engine.generate(...)  # first time: one HTTP call; any later identical request (this run or a rerun): none
+
+The key is the sha256 of (engine kind, model, base_url without credentials, the full messages, the sampling
+parameters the call would send), so changing the temperature, the model or one character of a prompt misses.
+Only successful replies are stored (a failed or malformed call raises and leaves nothing behind). textgrad's own
+disk cache is never involved: textgrad only ever sees our engines through `engines.as_textgrad`.
+
+Thread-safe: one connection behind a lock; concurrent identical requests are made once (the others wait for
+the first and count as hits). Counters: `hits`, `misses` (totals) and `hits_here()` (this thread's).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import sqlite3
+import threading
+import time
+
+from rewriter.engines import CONTROL_PARAMS, _messages, usage_detail_of
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS replies (
+    key TEXT PRIMARY KEY,
+    engine TEXT NOT NULL,
+    reply TEXT NOT NULL,
+    created REAL NOT NULL
+)
+"""
+
+
+def identity_of(engine) -> dict:
+    """kind, model, base_url of an engine; engines written elsewhere fall back to their class and name."""
+    if hasattr(engine, "identity"):
+        return dict(engine.identity())
+    return {"kind": type(engine).__name__, "model": getattr(engine, "name", ""), "base_url": None}
+
+
+def request_key(engine, prompt, system=None, **params) -> str:
+    """The cache key of one generate call."""
+    if hasattr(engine, "request_params"):
+        sampling = engine.request_params(params)
+    else:
+        sampling = {k: v for k, v in params.items() if k not in CONTROL_PARAMS}
+    payload = {**identity_of(engine), "messages": _messages(prompt, system), "params": sampling}
+    blob = json.dumps(payload, sort_keys=True, ensure_ascii=False, separators=(",", ":"), default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()
+
+
+class ReplyCache:
+    """The SQLite store behind CachedEngine: get/put by key."""
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = os.fspath(path)
+        folder = os.path.dirname(os.path.abspath(self.path))
+        os.makedirs(folder, exist_ok=True)
+        self._lock = threading.Lock()
+        self._db = sqlite3.connect(self.path, check_same_thread=False, timeout=30)
+        with self._lock, self._db:
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute(SCHEMA)
+
+    def get(self, key: str) -> str | None:
+        with self._lock:
+            row = self._db.execute("SELECT reply FROM replies WHERE key=?", (key,)).fetchone()
+        return None if row is None else row[0]
+
+    def put(self, key: str, engine: str, reply: str) -> None:
+        with self._lock, self._db:  # one transaction a reply: a crash loses at most the call in flight
+            self._db.execute(
+                "INSERT OR REPLACE INTO replies (key, engine, reply, created) VALUES (?, ?, ?, ?)",
+                (key, engine, reply, time.time()),
+            )
+
+    def __len__(self) -> int:
+        with self._lock:
+            return self._db.execute("SELECT COUNT(*) FROM replies").fetchone()[0]
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+
+class CachedEngine:
+    """Any engine with a persistent reply cache in front; same `generate` contract and counters.
+
+    `calls`, `prompt_tokens`, `completion_tokens` and `usage_here()` are the wrapped engine's: they count only
+    calls really made, so a cache hit costs 0 calls and 0 tokens.
+    """
+
+    def __init__(self, engine, path: str | os.PathLike):
+        self.engine = engine
+        self.cache = path if isinstance(path, ReplyCache) else ReplyCache(path)
+        self.name = getattr(engine, "name", type(engine).__name__)
+        self._lock = threading.Lock()
+        self._local = threading.local()
+        self._inflight: dict[str, threading.Event] = {}
+        self.hits = 0
+        self.misses = 0
+
+    def __repr__(self) -> str:
+        return f"CachedEngine({self.engine!r})"
+
+    def __getattr__(self, attr):  # kind, model, outcomes, breaker, ... of the wrapped engine
+        if attr == "engine":
+            raise AttributeError(attr)
+        return getattr(self.engine, attr)
+
+    # counters, delegated so that strategies' meters see only real calls
+    @property
+    def calls(self) -> int:
+        return self.engine.calls
+
+    @property
+    def prompt_tokens(self) -> int:
+        return self.engine.prompt_tokens
+
+    @property
+    def completion_tokens(self) -> int:
+        return self.engine.completion_tokens
+
+    def usage_here(self) -> tuple[int, int]:
+        c, p, k = usage_detail_of(self.engine)
+        return c, p + k
+
+    def usage_detail_here(self) -> tuple[int, int, int]:
+        return usage_detail_of(self.engine)
+
+    def hits_here(self) -> int:
+        return getattr(self._local, "hits", 0)
+
+    def identity(self) -> dict:
+        return identity_of(self.engine)
+
+    def request_params(self, params: dict) -> dict:
+        if hasattr(self.engine, "request_params"):
+            return self.engine.request_params(params)
+        return {k: v for k, v in params.items() if k not in CONTROL_PARAMS}
+
+    def _hit(self) -> None:
+        with self._lock:
+            self.hits += 1
+        self._local.hits = self.hits_here() + 1
+
+    def is_cached(self, prompt, system=None, **params) -> bool:
+        return self.cache.get(request_key(self.engine, prompt, system, **params)) is not None
+
+    def generate(self, prompt, system=None, **params) -> str:
+        key = request_key(self.engine, prompt, system, **params)
+        while True:
+            reply = self.cache.get(key)
+            if reply is not None:
+                self._hit()
+                return reply
+            with self._lock:
+                waiting = self._inflight.get(key)
+                if waiting is None:
+                    mine = self._inflight[key] = threading.Event()
+            if waiting is None:
+                break
+            waiting.wait()  # the same request is in flight in another thread: take its reply (or try ourselves)
+        try:
+            with self._lock:
+                self.misses += 1
+            reply = self.engine.generate(prompt, system=system, **params)
+            self.cache.put(key, self.name, reply)
+            return reply
+        finally:
+            with self._lock:
+                del self._inflight[key]
+            mine.set()
+
+    def stats(self) -> dict:
+        return {"cache_hits": self.hits, "cache_misses": self.misses, "cache_entries": len(self.cache)}

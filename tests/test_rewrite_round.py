@@ -1,0 +1,74 @@
+"""The symbolic branch inside a run: reply cache across runs, budget, revert of unhelpful rewrites, dry run,
+cost accounting, and the API key kept out of every file."""
+
+import json
+
+from fake_openai import FakeOpenAI
+from router.cli import main
+from test_e2e import KEY, rows, tiny_dir, write_config  # noqa: F401  (fixture)
+
+
+def test_rerun_of_the_same_config_makes_no_http_call(tiny_dir, tmp_path, monkeypatch):
+    monkeypatch.setenv("NSLORA_TEST_KEY", KEY)
+    with FakeOpenAI() as srv:
+        cfg = write_config(tmp_path, tiny_dir, srv.base_url)
+        assert main(["run", str(cfg)]) == 0
+        first = len(srv.chat_requests())
+        assert main(["run", str(cfg), "--set", "run.name=again"]) == 0
+        assert first > 0 and len(srv.chat_requests()) == first  # the probe is a GET, not a chat request
+    m1, m2 = (json.loads((tmp_path / "runs" / n / "metrics.json").read_text())["llm"] for n in ("r", "again"))
+    assert m2["calls"] == 0 and m2["cache_hits"] == m1["calls"] == first
+    same = lambda n: [(r["sample_id"], r["new_question"]) for r in rows(tmp_path / "runs" / n, "SELECT * FROM rewrites ORDER BY epoch, sample_id")]
+    assert same("r") == same("again")
+    for f in (tmp_path / "runs").rglob("*"):
+        if f.is_file():
+            assert KEY.encode() not in f.read_bytes(), f
+
+
+def test_budget_keeps_the_remaining_samples_numerical(tiny_dir, tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("NSLORA_TEST_KEY", KEY)
+    with FakeOpenAI() as srv:
+        # textgrad costs 4 calls a question: 10 calls pay for 2 questions, the third stops mid-way.
+        cfg = write_config(tmp_path, tiny_dir, srv.base_url, rewriter={"max_calls": 10, "concurrency": 1})
+        assert main(["run", str(cfg)]) == 0
+        assert len(srv.chat_requests()) == 10
+    out = capsys.readouterr().out
+    verdicts = [r["verdict"] for r in rows(tmp_path / "runs" / "r", "SELECT * FROM rewrites ORDER BY epoch, sample_id")]
+    assert verdicts.count("accepted") == 2 and verdicts.count("skipped") == 3 and verdicts.count("error") == 1
+    metrics = json.loads((tmp_path / "runs" / "r" / "metrics.json").read_text())
+    assert metrics["counts"]["rewrites_skipped"] == 3 and metrics["llm"]["budget"]["calls"] == 10
+    assert "budget reached: 3 symbolic samples stayed numerical" in out
+
+
+def test_unhelpful_rewrites_are_reverted_and_recorded(tiny_dir, tmp_path, monkeypatch):
+    monkeypatch.setenv("NSLORA_TEST_KEY", KEY)
+    with FakeOpenAI() as srv:
+        cfg = write_config(tmp_path, tiny_dir, srv.base_url, train={"epochs": 4, "lr": 1.0e-6},
+                           rewriter={"revert_after": 1, "strategy": "direct"})
+        assert main(["run", str(cfg)]) == 0
+    run_dir = tmp_path / "runs" / "r"
+    accepted = rows(run_dir, "SELECT * FROM rewrites WHERE verdict='accepted' ORDER BY epoch, sample_id")
+    reverts = {(r["epoch"], r["sample_id"]) for r in rows(run_dir, "SELECT * FROM decisions WHERE path='revert'")}
+    loss = {(r["epoch"], r["sample_id"]): r for r in rows(run_dir, "SELECT * FROM signals")}
+    checked = 0
+    for r in accepted:
+        e, i = r["epoch"], r["sample_id"]
+        if (e + 1, i) not in loss:
+            continue  # rewritten after the last epoch
+        should = loss[(e + 1, i)]["loss"] >= loss[(e, i)]["loss"]
+        assert ((e + 1, i) in reverts) == should, (e, i)
+        checked += 1
+        if should and (e + 2, i) in loss:
+            assert loss[(e + 2, i)]["prompt_version"] == r["version"] - 1  # trained on the previous prompt again
+    assert checked >= 3 and reverts
+    assert json.loads((run_dir / "metrics.json").read_text())["counts"]["reverts"] == len(reverts)
+
+
+def test_dry_run_estimates_and_writes_nothing(tiny_dir, tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("NSLORA_TEST_KEY", KEY)
+    cfg = write_config(tmp_path, tiny_dir, "http://127.0.0.1:9/v1", rewriter={"max_cost": 1.0})
+    assert main(["run", str(cfg), "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    # 12 samples, p = 0.25 → 3 a round, epochs 3 from min_epoch 2 → 2 rounds; textgrad: 4 calls a question.
+    assert "up to 2 routing rounds x 3 symbolic samples" in out and "~24 LLM calls" in out and "rewriter.max_cost=1.0" in out
+    assert not (tmp_path / "runs").exists()
