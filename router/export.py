@@ -66,8 +66,8 @@ def export_run(path: Path, ctx, state, started: float) -> dict[str, Any]:
 
     acc = {int(k): v for k, v in state.get("accuracy", {}).items()}
     last = max(acc)
-    counts = dict(sorted(ctx.counts.items()))
-    counts.update({"train": len(ctx.train), "heldout": len(ctx.heldout), "skipped_steps": ctx.trainer.skipped_steps,
+    counts = ctx.store.counts()
+    counts.update({"train": len(ctx.train), "heldout": len(ctx.heldout),
                    "rewritten_samples": sum(r["version"] > 0 for r in rows)})
     metrics = {
         "heldout_accuracy": {"before": acc[0], "final": acc[last], "per_epoch": {str(k): acc[k] for k in sorted(acc)}},

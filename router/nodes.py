@@ -6,7 +6,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from adapters.signals import is_saturated, loss_change_ratio
@@ -29,8 +29,6 @@ class RunContext:
     engine: Any  # rewriter engine; None when the policy never routes symbolic, and on every process but the main one
     rewrites_enabled: bool = True  # the same on every process, unlike `engine`
     budget: Any = None  # rewriter.budget.Budget when a limit is set
-    counts: dict[str, int] = field(default_factory=dict)
-    epoch_seconds: dict[int, float] = field(default_factory=dict)
     bar: Any = None  # a tqdm factory, or None for no progress bars
 
     def progress(self, total: int, desc: str):
@@ -47,9 +45,6 @@ class RunContext:
         box = [obj]
         broadcast_object_list(box, from_process=0)
         return box[0]
-
-    def count(self, key: str, n: int = 1) -> None:
-        self.counts[key] = self.counts.get(key, 0) + n
 
 
 def _close(bar) -> None:
@@ -77,10 +72,9 @@ def make_nodes(ctx: RunContext) -> dict[str, Any]:
                          "correct": int(ctx.task.score(reply, s))})
         ctx.store.add_evals(rows)
         acc = sum(r["correct"] for r in rows) / len(rows)
-        ctx.store.db.execute("INSERT OR IGNORE INTO epochs (epoch) VALUES (?)", (epoch,))
         with ctx.store.db:
-            ctx.store.db.execute("UPDATE epochs SET heldout_accuracy=?, seconds=? WHERE epoch=?",
-                                 (acc, ctx.epoch_seconds.get(epoch), epoch))
+            ctx.store.db.execute("INSERT OR IGNORE INTO epochs (epoch) VALUES (?)", (epoch,))
+            ctx.store.db.execute("UPDATE epochs SET heldout_accuracy=? WHERE epoch=?", (acc, epoch))
         return {"accuracy": {**state.get("accuracy", {}), str(epoch): acc}}
 
     def train_epoch(state):
@@ -101,13 +95,12 @@ def make_nodes(ctx: RunContext) -> dict[str, Any]:
         n = len(rows)
         ctx.store.add_epoch({"epoch": epoch, "train_loss": sum(r["loss"] for r in rows) / n,
                              "train_correct": sum(r["correct"] for r in rows) / n, "heldout_accuracy": None,
-                             "saturated": 0, "saturation_median": None, "symbolic": 0, "accepted": 0, "seconds": None})
-        ctx.epoch_seconds[epoch] = time.perf_counter() - started
+                             "saturated": 0, "saturation_median": None, "symbolic": 0, "accepted": 0,
+                             "seconds": round(time.perf_counter() - started, 3), "skipped_steps": ctx.trainer.skipped_steps})
         update = {"epoch": epoch, "decisions": None, "candidates": [], "saturated": False, "reverted": []}
         reverted, reverts = revert_unhelpful(prompts, {r["sample_id"]: r["loss"] for r in rows}, epoch)
         if reverts:
             ctx.store.add_decisions(reverts)
-            ctx.count("reverts", len(reverts))
             update.update({"prompts": reverted, "reverted": [d["sample_id"] for d in reverts]})
         return update
 
@@ -145,7 +138,6 @@ def make_nodes(ctx: RunContext) -> dict[str, Any]:
             ctx.store.db.execute("UPDATE epochs SET saturated=?, saturation_median=? WHERE epoch=?", (int(saturated), median, epoch))
         if not saturated:
             return {"saturated": False, "candidates": []}
-        ctx.count("routing_rounds")
         candidates = sorted(misclassified - set(state.get("reverted", [])))
         views = [view(state, i, now[i]) for i in candidates]
         ctx.policy.calibrate(views)
@@ -167,10 +159,6 @@ def make_nodes(ctx: RunContext) -> dict[str, Any]:
         decisions = sorted(state.get("decisions", []), key=lambda d: d["sample_id"])
         ctx.store.add_decisions(decisions)
         symbolic = [d["sample_id"] for d in decisions if d["route"] == "symbolic"]
-        ctx.count("decisions", len(decisions))
-        ctx.count("symbolic", len(symbolic))
-        for d in decisions:
-            ctx.count(f"path_{d['path']}")
         if not symbolic or not ctx.rewrites_enabled:
             return {}
         prompts = dict(state["prompts"])
@@ -179,10 +167,6 @@ def make_nodes(ctx: RunContext) -> dict[str, Any]:
         answers = ctx.trainer.generate(current, cfg.train.max_new_tokens, cfg.train.eval_batch_size)
         rows, update = rewrite_round(state, epoch, symbolic, current, answers) if ctx.trainer.is_main else ([], {})
         rows, update = ctx.broadcast((rows, update))
-        for r in rows:
-            ctx.count(f"rewrites_{r['verdict']}")
-            ctx.count("llm_calls", r["calls"])
-            ctx.count("cache_hits", r["cache_hits"])
         ctx.store.add_rewrites(rows)
         accepted = sum(r["verdict"] == "accepted" for r in rows)
         with ctx.store.db:

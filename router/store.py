@@ -38,7 +38,7 @@ CREATE TABLE IF NOT EXISTS evals (
 );
 CREATE TABLE IF NOT EXISTS epochs (
   epoch INTEGER PRIMARY KEY, train_loss REAL, train_correct REAL, heldout_accuracy REAL,
-  saturated INTEGER, saturation_median REAL, symbolic INTEGER, accepted INTEGER, seconds REAL
+  saturated INTEGER, saturation_median REAL, symbolic INTEGER, accepted INTEGER, seconds REAL, skipped_steps INTEGER
 );
 """
 
@@ -89,6 +89,24 @@ class Store:
         cur = self.db.execute(sql, params)
         cols = [c[0] for c in cur.description]
         return [dict(zip(cols, r)) for r in cur.fetchall()]
+
+    def counts(self) -> dict[str, int]:
+        """The run's counters, computed from its rows (so a resumed run counts what happened before the crash)."""
+        one = lambda sql: self.db.execute(sql).fetchone()[0] or 0
+        out = {
+            "routing_rounds": one("SELECT COUNT(*) FROM epochs WHERE saturated=1"),
+            "decisions": one("SELECT COUNT(*) FROM decisions WHERE path != 'revert'"),
+            "symbolic": one("SELECT COUNT(*) FROM decisions WHERE path != 'revert' AND route='symbolic'"),
+            "reverts": one("SELECT COUNT(*) FROM decisions WHERE path = 'revert'"),
+            "llm_calls": one("SELECT SUM(calls) FROM rewrites"),
+            "cache_hits": one("SELECT SUM(cache_hits) FROM rewrites"),
+            "skipped_steps": one("SELECT MAX(skipped_steps) FROM epochs"),
+        }
+        for path, n in self.db.execute("SELECT path, COUNT(*) FROM decisions GROUP BY path"):
+            out[f"path_{path}"] = n
+        for verdict, n in self.db.execute("SELECT verdict, COUNT(*) FROM rewrites GROUP BY verdict"):
+            out[f"rewrites_{verdict}"] = n
+        return dict(sorted(out.items()))
 
     def losses(self, sample_id: str) -> list[float]:
         return [r["loss"] for r in self.query("SELECT loss FROM signals WHERE sample_id=? ORDER BY epoch", (sample_id,))]
