@@ -21,6 +21,9 @@ demo: install
 	$(VENV)/bin/nslora run
 
 test: install
+	@# The report's browser test needs Debian's Chromium; as root we install it, otherwise that test skips.
+	@command -v chromium >/dev/null || { [ "$$(id -u)" = 0 ] && apt-get update -qq && apt-get install -y -qq chromium >/dev/null; } \
+		|| echo "chromium not installed: the browser test will skip"
 	$(PY) -m pytest -q
 
 clean:

@@ -31,6 +31,12 @@ def _parser() -> argparse.ArgumentParser:
                      help="override one config value, e.g. --set train.epochs=3 (repeatable)")
     run.add_argument("--print-config", action="store_true", help="print the resolved config as YAML and exit")
     run.add_argument("--dry-run", action="store_true", help="validate config and data, estimate LLM calls and cost, write nothing")
+    from report.cli import add_commands
+
+    add_commands(sub)
+    res = sub.add_parser("resume", help="continue a stopped run from its last checkpoint",
+                         description="Continue RUN_DIR from its last checkpoint: finished rewrites are not requested again.")
+    res.add_argument("run_dir", metavar="RUN_DIR")
     pol = sub.add_parser("policy", help="train, evaluate and show a learned (reward) routing policy")
     psub = pol.add_subparsers(dest="policy_command", required=True)
     tr = psub.add_parser("train", help="build preference pairs from finished runs and train a reward classifier with TRL",
@@ -121,6 +127,17 @@ def main(argv: list[str] | None = None) -> int:
             if metrics:  # only the main process of a multi-process run reports
                 print(summary(metrics))
             return 0
+        if args.command in ("inspect", "compare"):
+            from report.cli import run_command
+
+            return run_command(args)
+        if args.command == "resume":
+            from router.run import resume, summary
+
+            metrics = resume(args.run_dir)
+            if metrics:
+                print(summary(metrics))
+            return 0
         if args.command == "policy":
             return _policy_command(args)
     except UserError as e:
@@ -129,6 +146,13 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("nslora: interrupted", file=sys.stderr)
         return 130
+    except Exception as e:
+        from router.durable import Interrupted
+
+        if isinstance(e, Interrupted):
+            print(f"nslora: interrupted: {e}", file=sys.stderr)
+            return 130
+        raise
     return 1
 
 

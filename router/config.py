@@ -137,6 +137,9 @@ class RewriterConfig:
     guard_min_similarity: float = _f(0.80, "Lowest cosine similarity of original and rewrite (faithful rewrites measured 0.89-0.99).")
     guard_min_length_ratio: float = _f(0.5, "Shortest rewrite as a share of the original's length (less 50 chars of slack).")
     guard_max_length_ratio: float = _f(3.0, "Longest rewrite as a multiple of the original's length (plus 200 chars of slack).")
+    batch: Literal["off", "api", "replay"] = _f("off", "Send a round's direct rewrites as one OpenAI Batch API job (api: servers with /v1/batches; replay: the same JSONL sent line by line, for llama.cpp / Ollama). Off: live concurrent calls.")
+    batch_poll_seconds: float = _f(30.0, "Seconds between polls of a submitted batch.")
+    batch_timeout: float = _f(86400.0, "Seconds to wait for a batch before cancelling it (its samples stay numerical).")
     revert_after: int = _f(2, "A rewritten sample whose loss has not fallen below its loss at the rewrite after this many epochs goes back to its previous prompt (0: never).")
 
     def __post_init__(self):
@@ -146,6 +149,8 @@ class RewriterConfig:
         _check(self.concurrency >= 1, f"rewriter.concurrency={self.concurrency!r} must be >= 1")
         _check(self.breaker_failures >= 1, f"rewriter.breaker_failures={self.breaker_failures!r} must be >= 1")
         _check(self.revert_after >= 0, f"rewriter.revert_after={self.revert_after!r} must be >= 0 (0 turns reverting off)")
+        _check(self.batch == "off" or (self.strategy == "direct" and self.engine == "openai"),
+               f"rewriter.batch={self.batch!r} needs rewriter.strategy=direct and rewriter.engine=openai; set rewriter.batch=off otherwise")
         for name in ("max_calls", "max_total_tokens", "max_cost"):
             value = getattr(self, name)
             _check(value is None or value >= 0, f"rewriter.{name}={value!r} must be >= 0, or null for no limit")
@@ -163,6 +168,7 @@ class RunConfig:
     out_dir: str = _f("runs", "Folder that holds run folders.")
     overwrite: bool = _f(False, "Replace an existing run folder of the same name.")
     progress: bool = _f(True, "Show progress bars.")
+    tensorboard: bool = _f(False, "Write per-epoch scalars (loss, accuracy, routes, rewrites, cost) to <run>/tensorboard for `tensorboard --logdir`.")
 
 
 @dataclass

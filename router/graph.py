@@ -17,7 +17,7 @@ from router.nodes import RunContext, make_nodes, view_payload
 from router.state import RunState
 
 
-def build_graph(ctx: RunContext, export: Callable[[RunState], dict]):
+def build_graph(ctx: RunContext, export: Callable[[RunState], dict], checkpointer=None):
     nodes = make_nodes(ctx)
     view = nodes.pop("view")
 
@@ -41,4 +41,4 @@ def build_graph(ctx: RunContext, export: Callable[[RunState], dict]):
     g.add_edge("decide", "rewrite")
     g.add_edge("rewrite", "evaluate")
     g.add_edge("export", END)
-    return g.compile()
+    return g.compile(checkpointer=checkpointer)

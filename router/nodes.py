@@ -29,6 +29,8 @@ class RunContext:
     engine: Any  # rewriter engine; None when the policy never routes symbolic, and on every process but the main one
     rewrites_enabled: bool = True  # the same on every process, unlike `engine`
     budget: Any = None  # rewriter.budget.Budget when a limit is set
+    checkpoint: Any = None  # checkpoint(epoch): saves the trainer's state after an epoch (None: no checkpoints)
+    tensorboard: Any = None  # report.tensorboard.TensorBoardLogger when run.tensorboard is on (main process only)
     bar: Any = None  # a tqdm factory, or None for no progress bars
 
     def progress(self, total: int, desc: str):
@@ -75,6 +77,10 @@ def make_nodes(ctx: RunContext) -> dict[str, Any]:
         with ctx.store.db:
             ctx.store.db.execute("INSERT OR IGNORE INTO epochs (epoch) VALUES (?)", (epoch,))
             ctx.store.db.execute("UPDATE epochs SET heldout_accuracy=? WHERE epoch=?", (acc, epoch))
+        if ctx.tensorboard is not None:
+            from report.tensorboard import scalars_from_store
+
+            ctx.tensorboard.log_epoch(epoch, scalars_from_store(ctx.store, epoch))
         return {"accuracy": {**state.get("accuracy", {}), str(epoch): acc}}
 
     def train_epoch(state):
@@ -97,6 +103,8 @@ def make_nodes(ctx: RunContext) -> dict[str, Any]:
                              "train_correct": sum(r["correct"] for r in rows) / n, "heldout_accuracy": None,
                              "saturated": 0, "saturation_median": None, "symbolic": 0, "accepted": 0,
                              "seconds": round(time.perf_counter() - started, 3), "skipped_steps": ctx.trainer.skipped_steps})
+        if ctx.checkpoint is not None:
+            ctx.checkpoint(epoch)
         update = {"epoch": epoch, "decisions": None, "candidates": [], "saturated": False, "reverted": []}
         reverted, reverts = revert_unhelpful(prompts, {r["sample_id"]: r["loss"] for r in rows}, epoch)
         if reverts:
@@ -205,7 +213,16 @@ def make_nodes(ctx: RunContext) -> dict[str, Any]:
                                           guard=guard, task=cfg.task.name))
                 for i, (system, question), answer in zip(symbolic, current, answers)]
         bar = ctx.progress(len(jobs), f"rewrite epoch {epoch}")
-        results = rewrite_many(jobs, cfg.rewriter.strategy, concurrency=cfg.rewriter.concurrency, budget=ctx.budget, progress=bar)
+        if cfg.rewriter.batch != "off":
+            from rewriter.batch import rewrite_batch
+
+            results = rewrite_batch(jobs, ctx.engine, ctx.store.path.parent / "batches" / f"epoch-{epoch}", mode=cfg.rewriter.batch,
+                                    poll_seconds=cfg.rewriter.batch_poll_seconds, timeout=cfg.rewriter.batch_timeout,
+                                    budget=ctx.budget)
+            if bar is not None:
+                bar.update(len(jobs))
+        else:
+            results = rewrite_many(jobs, cfg.rewriter.strategy, concurrency=cfg.rewriter.concurrency, budget=ctx.budget, progress=bar)
         _close(bar)
         kind = "local" if cfg.rewriter.engine == "local" else "openai"
         prices = {k: tuple(v) for k, v in cfg.rewriter.prices.items()}

@@ -71,7 +71,8 @@ def _quiet_libraries() -> None:
     warnings.filterwarnings("ignore", category=FutureWarning, module="transformers")
 
 
-def run(cfg: Config) -> dict[str, Any]:
+def run(cfg: Config, resume_dir: Path | None = None) -> dict[str, Any]:
+    """A new run, or with `resume_dir` the continuation of a stopped one from its last checkpoint."""
     started = time.perf_counter()
     _quiet_libraries()
     task, train, heldout, policy = plan(cfg)
@@ -90,7 +91,11 @@ def run(cfg: Config) -> dict[str, Any]:
 
         engine = build_engine(cfg.rewriter)
     _agree(dist, lambda: _probe(engine) if engine is not None else None)
-    path = _run_dir(cfg) if main else None
+    if resume_dir is not None:
+        path = resume_dir
+    else:
+        path = _run_dir(cfg) if main else None
+        _check_disk(cfg)
 
     from adapters.lora import wrap
     from adapters.model import load_model
@@ -125,10 +130,13 @@ def run(cfg: Config) -> dict[str, Any]:
 
     scratch = None
     if main:
-        if path.exists():
-            shutil.rmtree(path)
-        path.mkdir(parents=True)
-        (path / "config.yaml").write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False), encoding="utf-8")
+        if resume_dir is None:
+            if path.exists():
+                shutil.rmtree(path)
+            path.mkdir(parents=True)
+            from router.export import _atomic_text
+
+            _atomic_text(path / "config.yaml", yaml.safe_dump(to_dict(cfg), sort_keys=False))
         store = Store(path / "run.sqlite")
     else:
         import tempfile
@@ -155,11 +163,49 @@ def run(cfg: Config) -> dict[str, Any]:
             export_run(path, ctx, state, started)
         return {}
 
-    graph = build_graph(ctx, export)
+    if cfg.run.tensorboard and main:
+        from report.tensorboard import TensorBoardLogger
+
+        ctx.tensorboard = TensorBoardLogger(path)
+    from router import durable
+
+    # Checkpoints make a run resumable; several processes run without them (resume is single-process).
+    durable_run = main and dist.num_processes == 1
+    saver = None
+    if durable_run:
+        import sqlite3
+
+        from langgraph.checkpoint.sqlite import SqliteSaver
+
+        (path / "checkpoints").mkdir(exist_ok=True)
+        saver = SqliteSaver(sqlite3.connect(path / "checkpoints" / "graph.sqlite", check_same_thread=False))
+        ctx.checkpoint = lambda epoch: durable.save_trainer(trainer, path, epoch)
+    graph = build_graph(ctx, export, checkpointer=saver)
+    config = {"recursion_limit": 20 + 8 * cfg.train.epochs, "max_concurrency": 8, "configurable": {"thread_id": "run"}}
     initial = {"epoch": 0, "prompts": {s.id: {"system": s.system, "question": s.question, "version": 0} for s in train},
                "shared_system": None, "decisions": None, "accuracy": {}}
-    graph.invoke(initial, {"recursion_limit": 20 + 8 * cfg.train.epochs, "max_concurrency": 8})
-    store.close()
+    snapshot = graph.get_state(config) if saver is not None else None
+    restore = durable.install_signal_handlers()
+    try:
+        if snapshot is not None and snapshot.values:
+            if not snapshot.next:
+                print(f"{path} has already finished")
+            else:
+                durable.load_trainer(trainer, path, snapshot.values["epoch"])
+                graph.invoke(None, config)
+        else:
+            if durable_run:
+                durable.save_trainer(trainer, path, 0)
+            graph.invoke(initial, config)
+    except durable.Interrupted:
+        raise durable.Interrupted(f"stopped after its current step; resume with: nslora resume {path}") from None
+    finally:
+        restore()
+        if saver is not None:
+            saver.conn.close()
+        if ctx.tensorboard is not None:
+            ctx.tensorboard.close()
+        store.close()
     dist.wait_for_everyone()
     if scratch is not None:
         scratch.cleanup()
@@ -222,6 +268,28 @@ def _agree(dist, check) -> None:
         message = box[0]
     if message:
         raise UserError(message)
+
+
+def _check_disk(cfg: Config, need_bytes: int = 1 << 30) -> None:
+    """Refuse to start a run that cannot write its checkpoints and adapter."""
+    where = Path(cfg.run.out_dir).resolve()
+    probe = where
+    while not probe.exists():
+        probe = probe.parent
+    free = shutil.disk_usage(probe).free
+    if free < need_bytes:
+        raise UserError(f"run.out_dir={cfg.run.out_dir} has {free / 2**20:.0f} MiB free, under the {need_bytes / 2**20:.0f} MiB a run needs; free space or choose another run.out_dir")
+
+
+def resume(run_dir: str) -> dict[str, Any]:
+    from router import config as config_mod
+
+    path = Path(run_dir)
+    if not (path / "config.yaml").is_file() or not (path / "run.sqlite").is_file():
+        raise UserError(f"{run_dir} is not a run folder (no config.yaml / run.sqlite); give the folder `nslora run` wrote")
+    if not (path / "checkpoints" / "graph.sqlite").is_file():
+        raise UserError(f"{run_dir} has no checkpoints/graph.sqlite (it stopped before its first step, or ran on several processes); start it again with nslora run")
+    return run(config_mod.load(str(path / "config.yaml")), resume_dir=path)
 
 
 def _check_lengths(tokenizer, samples, cfg: Config) -> None:

@@ -245,3 +245,18 @@ def test_textgrad_only_optimises_the_shared_system_prompt_without_lora_steps(tin
 
     weights = load_file(run_dir / "adapter" / "adapter_model.safetensors")
     assert all(torch.count_nonzero(w) == 0 for k, w in weights.items() if "lora_B" in k)
+
+
+def test_tensorboard_scalars_are_written_when_enabled(tiny_dir, tmp_path, monkeypatch):
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    monkeypatch.setenv("NSLORA_TEST_KEY", KEY)
+    with FakeOpenAI() as srv:
+        cfg = write_config(tmp_path, tiny_dir, srv.base_url, run={"tensorboard": True}, train={"epochs": 2})
+        assert main(["run", str(cfg)]) == 0
+    acc = EventAccumulator(str(tmp_path / "runs" / "r" / "tensorboard"))
+    acc.Reload()
+    tags = acc.Tags()["scalars"]
+    assert tags and any("acc" in t for t in tags)
+    assert max(len(acc.Scalars(t)) for t in tags) == 3  # epochs 0, 1, 2

@@ -72,3 +72,24 @@ def test_dry_run_estimates_and_writes_nothing(tiny_dir, tmp_path, monkeypatch, c
     # 12 samples, p = 0.25 → 3 a round, epochs 3 from min_epoch 2 → 2 rounds; textgrad: 4 calls a question.
     assert "up to 2 routing rounds x 3 symbolic samples" in out and "~24 LLM calls" in out and "rewriter.max_cost=1.0" in out
     assert not (tmp_path / "runs").exists()
+
+
+def test_batch_api_round_gives_the_live_rounds_rewrites(tiny_dir, tmp_path, monkeypatch):
+    monkeypatch.setenv("NSLORA_TEST_KEY", KEY)
+    results = {}
+    for mode in ("off", "api"):
+        (tmp_path / mode).mkdir()
+        with FakeOpenAI() as srv:
+            srv.batch_polls = 1
+            cfg = write_config(tmp_path / mode, tiny_dir, srv.base_url,
+                               rewriter={"strategy": "direct", "batch": mode, "batch_poll_seconds": 0.01})
+            assert main(["run", str(cfg)]) == 0
+            results[mode] = (rows(tmp_path / mode / "runs" / "r", "SELECT sample_id, new_question, verdict FROM rewrites ORDER BY epoch, sample_id"),
+                             len(srv.batches))
+    assert results["api"][0] == results["off"][0] and results["off"][1] == 0 and results["api"][1] == 2  # one batch a round
+    assert list((tmp_path / "api" / "runs" / "r" / "batches").glob("epoch-*/*requests*.jsonl"))
+
+
+def test_batch_needs_the_direct_strategy(tmp_path, capsys):
+    assert main(["run", "--set", "rewriter.batch=api", "--set", f"run.out_dir={tmp_path}"]) == 2
+    assert "rewriter.batch='api' needs rewriter.strategy=direct" in capsys.readouterr().err

@@ -1,0 +1,149 @@
+"""`nslora inspect` and `nslora compare` in the terminal: rich tables built from report.data."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from report import data as D
+
+
+def _num(v: Any, fmt: str = "{:.4f}") -> str:
+    if v is None:
+        return "—"
+    if isinstance(v, bool):
+        return "yes" if v else ""
+    if isinstance(v, float):
+        return fmt.format(v)
+    return str(v)
+
+
+def _pct(v: float | None) -> str:
+    return "—" if v is None else f"{v:.1%}"
+
+
+def _cost(v: float | None) -> str:
+    return "n/a" if v is None else f"${v:.4f}"
+
+
+def _console(console=None):
+    if console is not None:
+        return console
+    from rich.console import Console
+
+    return Console()
+
+
+def inspect_tables(run: D.Run) -> list:
+    """The summary as a list of rich renderables (a test or a caller may print them anywhere)."""
+    from rich.table import Table
+    from rich.text import Text
+
+    out: list = []
+    acc = D.heldout_accuracy(run)
+    head = Text()
+    head.append(f"{run.name}", style="bold")
+    head.append(f"  {run.path}\n", style="dim")
+    task = run.config.get("task") or {}
+    model = (run.config.get("model") or {}).get("name_or_path", "?")
+    head.append(f"policy {run.policy} · task {task.get('name', '?')} · model {model} · "
+                f"{len(run.train_ids)} train / {sum(s['split'] == 'heldout' for s in run.samples)} held-out samples\n")
+    if acc:
+        head.append(f"held-out accuracy {_pct(acc.get(0))} → {_pct(acc[max(acc)])}", style="bold green")
+    if run.metrics is None:
+        head.append("  (no metrics.json: the run has not finished)", style="yellow")
+    out.append(head)
+
+    t = Table(title="Per epoch", title_justify="left", header_style="bold")
+    for col, just in (("epoch", "right"), ("loss", "right"), ("train ok", "right"),
+                      ("held-out", "right"), ("med |C1|", "right"), ("sat.", "center"),
+                      ("symb.", "right"), ("acc.", "right"), ("sec", "right")):
+        t.add_column(col, justify=just, no_wrap=True)
+    t.caption = "train ok: training samples correct · sat.: saturated (routing round) · symb./acc.: routed symbolic / rewrites accepted"
+    if 0 in acc:
+        t.add_row("0", "—", "—", _pct(acc[0]), "—", "", "—", "—", "—", style="dim")
+    for e in D.epoch_table(run):
+        t.add_row(str(e["epoch"]), _num(e["train_loss"]), _pct(e["train_correct"]), _pct(e["heldout_accuracy"]),
+                  _num(e["saturation_median"]), "●" if e["saturated"] else "", _num(e["symbolic"]),
+                  _num(e["accepted"]), _num(e["seconds"], "{:.0f}"),
+                  style="bold" if e["saturated"] else None)
+    out.append(t)
+
+    routes = D.routes_by_epoch(run)
+    if routes:
+        t = Table(title="Routing decisions by path", title_justify="left", header_style="bold")
+        for col in ("epoch", "path", "symbolic", "numerical"):
+            t.add_column(col, justify="left" if col == "path" else "right")
+        for e, paths in routes.items():
+            for p, c in sorted(paths.items()):
+                t.add_row(str(e), p, str(c["symbolic"]), str(c["numerical"]))
+        totals = D.route_totals(run)
+        t.add_section()
+        for r in totals:
+            t.add_row("all", r["path"], str(r["symbolic"]), str(r["numerical"]), style="bold")
+        out.append(t)
+    else:
+        out.append(Text("No routing decisions: training never saturated (or the policy never routes).", style="dim"))
+
+    if run.rewrites:
+        t = Table(title="Rewrites by verdict and reason", title_justify="left", header_style="bold")
+        t.add_column("verdict")
+        t.add_column("reason")
+        t.add_column("count", justify="right")
+        colour = {"accepted": "green", "rejected": "yellow", "error": "red", "skipped": "dim"}
+        for r in D.rewrite_reasons(run):
+            t.add_row(Text(r["verdict"], style=colour.get(r["verdict"], "")), r["reason"], str(r["count"]))
+        out.append(t)
+
+    u = D.usage(run)
+    t = Table(title="LLM usage (rewriter)", title_justify="left", header_style="bold")
+    for col in ("calls", "prompt tok", "compl. tok", "cache hits", "cost", "rewrite s"):
+        t.add_column(col, justify="right", no_wrap=True)
+    t.add_row(str(u["calls"]), str(u["prompt_tokens"]), str(u["completion_tokens"]), str(u["cache_hits"]),
+              _cost(u["cost"]), f"{u['seconds']:.1f}")
+    out.append(t)
+    return out
+
+
+def print_inspect(run: D.Run, console=None, report_path=None) -> None:
+    console = _console(console)
+    for r in inspect_tables(run):
+        console.print(r)
+    if report_path:
+        console.print(f"HTML report: {report_path}")
+
+
+def sample_table(run: D.Run, sample_id: str):
+    from rich.table import Table
+
+    tr = D.trajectory(run, sample_id)
+    t = Table(title=f"Sample {sample_id}", title_justify="left", header_style="bold")
+    for col in ("epoch", "v", "loss", "C1", "C2", "ok", "decision", "rewrite"):
+        t.add_column(col, justify="right" if col not in ("decision", "rewrite") else "left",
+                     no_wrap=col not in ("decision", "rewrite"))
+    t.caption = "v: prompt version (0 = original) · ok: teacher-forced answer correct"
+    decisions = {}
+    for d in tr["decisions"]:
+        decisions.setdefault(d["epoch"], []).append(f"{d['route']} ({d['path']})")
+    rewrites = {r["epoch"]: f"{r['verdict']}: {r['reason']}" for r in tr["rewrites"]}
+    for s in tr["signals"]:
+        e = s["epoch"]
+        t.add_row(str(e), str(s["prompt_version"]), _num(s["loss"]), _num(s["c1"]), _num(s["c2"]),
+                  "yes" if s["correct"] else "no", ", ".join(decisions.get(e, [])), rewrites.get(e, ""))
+    return t
+
+
+def compare_table(summaries: list[dict[str, Any]]):
+    from rich.table import Table
+
+    t = Table(title="Runs compared", title_justify="left", header_style="bold")
+    for col, just in (("run", "left"), ("policy", "left"), ("epochs", "right"), ("acc before", "right"),
+                      ("acc final", "right"), ("acc best", "right"), ("symbolic", "right"), ("accepted", "right"),
+                      ("train s", "right"), ("LLM calls", "right"), ("tokens", "right"), ("cost", "right")):
+        t.add_column(col, justify=just)
+    best = max((s["accuracy_final"] for s in summaries if s["accuracy_final"] is not None), default=None)
+    for s in summaries:
+        t.add_row(s["name"], s["policy"], str(s["epochs"]), _pct(s["accuracy_before"]), _pct(s["accuracy_final"]),
+                  _pct(s["accuracy_best"]), str(s["symbolic"]), str(s["accepted"]), _num(s["train_seconds"], "{:.1f}"),
+                  str(s["calls"]), str(s["tokens"]), _cost(s["cost"]),
+                  style="bold green" if best is not None and s["accuracy_final"] == best else None)
+    return t

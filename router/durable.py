@@ -1,0 +1,88 @@
+"""What makes a run survive a crash: trainer checkpoints at node boundaries, and a clean stop on SIGINT / SIGTERM.
+
+The graph's own state (epoch, prompts, decisions) is checkpointed by LangGraph's SQLite checkpointer after every
+step; this module keeps the tensors that live outside the graph — LoRA weights, optimizer state, RNG state — in
+`checkpoints/trainer-<epoch>.pt`, written to a temporary file and renamed, so a kill never leaves half a file.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+from pathlib import Path
+
+import torch
+
+KEEP = 2  # the graph may resume from the epoch before the newest trainer checkpoint, never earlier
+
+
+class Interrupted(Exception):
+    """SIGINT / SIGTERM arrived; the current step finished and the run stopped at a resumable point."""
+
+
+_stop = {"requested": False}
+
+
+def stop_requested() -> bool:
+    return _stop["requested"]
+
+
+def install_signal_handlers():
+    """First signal: finish the current step, then stop. A second one stops at once (the default handler)."""
+    previous = {}
+
+    def handler(signum, frame):
+        _stop["requested"] = True
+        signal.signal(signum, previous.get(signum, signal.SIG_DFL))
+
+    _stop["requested"] = False
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        try:
+            previous[sig] = signal.signal(sig, handler)
+        except ValueError:  # not the main thread (e.g. inside a test runner's worker): no handlers
+            pass
+
+    def restore():
+        for sig, old in previous.items():
+            signal.signal(sig, old)
+
+    return restore
+
+
+def trainer_path(run_dir: Path, epoch: int) -> Path:
+    return run_dir / "checkpoints" / f"trainer-{epoch:04d}.pt"
+
+
+def save_trainer(trainer, run_dir: Path, epoch: int) -> None:
+    model = trainer.accelerator.unwrap_model(trainer.model)
+    state = {
+        "epoch": epoch,
+        "params": {n: p.detach().cpu().clone() for n, p in model.named_parameters() if p.requires_grad},
+        "optimizer": trainer.optimizer.state_dict(),
+        "torch_rng": torch.get_rng_state(),
+        "skipped_steps": trainer.skipped_steps,
+    }
+    path = trainer_path(run_dir, epoch)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(state, tmp)
+    os.replace(tmp, path)
+    for old in sorted(path.parent.glob("trainer-*.pt"))[:-KEEP]:
+        old.unlink()
+
+
+def load_trainer(trainer, run_dir: Path, epoch: int) -> None:
+    path = trainer_path(run_dir, epoch)
+    if not path.is_file():
+        from router.errors import UserError
+
+        raise UserError(f"{path} is missing, so {run_dir} cannot resume from epoch {epoch}; start the run again")
+    state = torch.load(path, weights_only=False)
+    model = trainer.accelerator.unwrap_model(trainer.model)
+    params = dict(model.named_parameters())
+    with torch.no_grad():
+        for name, value in state["params"].items():
+            params[name].copy_(value)
+    trainer.optimizer.load_state_dict(state["optimizer"])
+    torch.set_rng_state(state["torch_rng"])
+    trainer.skipped_steps = state["skipped_steps"]

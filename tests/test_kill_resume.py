@@ -1,0 +1,142 @@
+"""Kill -9 a run at random points, resume it each time, and get what an uninterrupted run gets — without paying
+for a finished rewrite twice."""
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from fake_openai import FakeOpenAI, smart_reply
+from test_e2e import KEY, rows, tiny_dir, write_config  # noqa: F401  (fixture)
+
+ROOT = Path(__file__).resolve().parents[1]
+KILLS = 10
+
+
+def _cli(*args, cwd):
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "NSLORA_TEST_KEY": KEY, "OMP_NUM_THREADS": "1"}
+    return subprocess.Popen([sys.executable, "-m", "router.cli", *args], cwd=cwd, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def _config(tmp, tiny_dir, base_url):
+    return write_config(tmp, tiny_dir, base_url, train={"epochs": 4}, rewriter={"concurrency": 2})
+
+
+class Recorder:
+    """The server's replies, with the time each was sent, to tell finished requests from ones cut off by a kill."""
+
+    def __init__(self):
+        self.sent = []
+        self.lock = threading.Lock()
+
+    def __call__(self, messages):
+        reply = smart_reply(messages)
+        with self.lock:
+            self.sent.append((time.monotonic(), json.dumps(messages, sort_keys=True)))
+        return reply
+
+
+def _tables(run_dir):
+    out = {}
+    for table, order in (("decisions", "epoch, sample_id, path"), ("rewrites", "epoch, sample_id"),
+                         ("signals", "epoch, sample_id"), ("evals", "epoch, sample_id")):
+        out[table] = [{k: v for k, v in r.items() if k not in ("seconds", "engine", "cache_hits", "calls", "tokens",
+                                                                 "prompt_tokens", "completion_tokens", "cost")}
+                      for r in rows(run_dir, f"SELECT * FROM {table} ORDER BY {order}")]
+    return out
+
+
+@pytest.mark.slow
+def test_sigkill_at_random_points_then_resume_matches_an_uninterrupted_run(tiny_dir, tmp_path):
+    # The reference: one uninterrupted run.
+    ref_dir = tmp_path / "ref"
+    ref_dir.mkdir()
+    with FakeOpenAI(latency=0.05) as srv:
+        cfg = _config(ref_dir, tiny_dir, srv.base_url)
+        started = time.monotonic()
+        proc = _cli("run", str(cfg), cwd=ref_dir)
+        out, err = proc.communicate(timeout=300)
+        total = time.monotonic() - started
+        assert proc.returncode == 0, err[-2000:]
+
+    work = tmp_path / "killed"
+    work.mkdir()
+    recorder = Recorder()
+    rng = random.Random(7)
+    kills, finished = [], False
+    with FakeOpenAI(latency=0.05, reply=recorder) as srv:
+        cfg = _config(work, tiny_dir, srv.base_url)
+        run_dir = work / "runs" / "r"
+        for attempt in range(KILLS + 1):
+            resumable = (run_dir / "checkpoints" / "graph.sqlite").is_file()
+            proc = _cli("resume", str(run_dir), cwd=work) if resumable else _cli("run", str(cfg), "--set", "run.overwrite=true", cwd=work)
+            if attempt == KILLS:
+                out, err = proc.communicate(timeout=300)
+                assert proc.returncode == 0, err[-2000:]
+                finished = True
+                break
+            try:
+                out, err = proc.communicate(timeout=rng.uniform(0.25, 0.9) * total)
+                assert proc.returncode == 0, err[-2000:]
+                finished = True
+                break  # it finished before the kill came
+            except subprocess.TimeoutExpired:
+                os.kill(proc.pid, signal.SIGKILL)
+                proc.communicate()
+                kills.append(time.monotonic())
+        requests = [json.dumps(r["messages"], sort_keys=True) for r in srv.chat_requests()]
+    assert finished and len(kills) >= 5, f"only {len(kills)} kills landed"
+
+    assert _tables(run_dir) == _tables(ref_dir / "runs" / "r")
+    m_ref, m_run = (json.loads((d / "runs" / "r" / "metrics.json").read_text()) for d in (ref_dir, work))
+    assert m_run["heldout_accuracy"] == m_ref["heldout_accuracy"]
+    drop = ("llm_calls", "cache_hits")
+    assert {k: v for k, v in m_run["counts"].items() if k not in drop} == {k: v for k, v in m_ref["counts"].items() if k not in drop}
+    from safetensors.torch import load_file
+
+    a = load_file(ref_dir / "runs" / "r" / "adapter" / "adapter_model.safetensors")
+    b = load_file(run_dir / "adapter" / "adapter_model.safetensors")
+    assert a.keys() == b.keys()
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=1e-5, atol=1e-7)
+
+    # A request is only ever repeated if its reply was still in flight when a kill came (sent < 1 s before it).
+    first_sent = {}
+    for t, key in recorder.sent:
+        first_sent.setdefault(key, t)
+    repeated = {k for k in set(requests) if requests.count(k) > 1}
+    for key in repeated:
+        assert any(0 <= kill - first_sent[key] < 1.0 for kill in kills), "a finished rewrite request was sent again"
+    assert len(set(requests)) >= len(requests) - len(kills)
+
+
+def test_sigterm_finishes_the_step_prints_the_resume_command_and_resume_completes(tiny_dir, tmp_path):
+    with FakeOpenAI() as srv:
+        cfg = _config(tmp_path, tiny_dir, srv.base_url)
+        proc = _cli("run", str(cfg), cwd=tmp_path)
+        run_dir = tmp_path / "runs" / "r"
+        deadline = time.monotonic() + 120
+        while not list((run_dir / "checkpoints").glob("trainer-0001.pt")) and time.monotonic() < deadline:
+            time.sleep(0.05)  # wait until training is under way
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=120)
+        if proc.returncode == 0:
+            pytest.skip("the run finished before SIGTERM arrived")
+        assert proc.returncode == 130 and f"resume with: nslora resume {run_dir}" in err and "Traceback" not in err
+        assert not (run_dir / "metrics.json").exists()
+        proc = _cli("resume", str(run_dir), cwd=tmp_path)
+        out, err = proc.communicate(timeout=300)
+        assert proc.returncode == 0, err[-2000:]
+        assert "held-out accuracy" in out and (run_dir / "metrics.json").exists()
+        proc = _cli("resume", str(run_dir), cwd=tmp_path)
+        out, _ = proc.communicate(timeout=300)
+        assert proc.returncode == 0 and "has already finished" in out
