@@ -78,6 +78,9 @@ def _mentions(text: str, answer: str) -> bool:
     return re.search(rf"(?<!\w){re.escape(answer)}(?!\w)", text, flags=re.IGNORECASE) is not None
 
 
+_ANSWER_TALK = re.compile(r"\b(?:the (?:correct |right |final )?answer (?:is|was)|correct answer|(?:is|was) (?:in)?correct)\b", re.I)
+
+
 def check(original: str, new: str, gold: str, max_length_ratio: float = 3.0, min_length_ratio: float = 0.0,
           length_slack: int = 200) -> tuple[bool, str]:
     """(accepted, reason): "ok", or the first check that failed."""
@@ -103,6 +106,10 @@ def check(original: str, new: str, gold: str, max_length_ratio: float = 3.0, min
     switched = [w for w in names if _has(asked_now, w) and not _has(asked, w)]
     if switched:
         return False, f"the question now asks about {', '.join(switched)}"
+    # Small rewriters echo the critique into the question ("The answer is incorrect. The correct answer is ...").
+    talk = _ANSWER_TALK.search(new)
+    if talk and not _ANSWER_TALK.search(original):
+        return False, f"the rewrite talks about the answer ({talk.group(0)!r})"
     if _mentions(new, gold) and not _mentions(original, gold):
         return False, f"reveals the gold answer {gold.strip()!r}"
     # bAbI's answer is a place named in the story: a rewrite without it lost the fact that answers the question.

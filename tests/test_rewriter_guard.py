@@ -143,3 +143,13 @@ def test_rules_accepts_real_tasks():
     samples = parse_babi(text, 2)[:6]
     results = [STRATEGIES["rules"](s, RewriteContext(None, s.system, s.question, s.answer, "")) for s in samples]
     assert [r.verdict for r in results] == ["accepted"] * len(samples), [r.reason for r in results]
+
+
+def test_a_rewrite_that_echoes_the_critique_is_rejected():
+    from rewriter.guard import check
+
+    original = "Mary moved to the bathroom.\nJohn went to the hallway.\nWhere is John?"
+    echoed = "Mary moved to the bathroom.\nJohn went to the hallway.\nThe answer is incorrect. Where is John?"
+    ok, reason = check(original, echoed, "hallway")
+    assert not ok and "talks about the answer" in reason
+    assert check(original, "Read carefully. " + original, "hallway") == (True, "ok")
