@@ -60,6 +60,10 @@ def batches(items: list[Item], batch_size: int, seed: int) -> list[list[Item]]:
     return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
 
 
+class NonFiniteLoss(RuntimeError):
+    """Too many non-finite losses in a row: the run cannot make progress and stops with a clear message."""
+
+
 @dataclass
 class StepSignals:
     loss: float
@@ -71,7 +75,7 @@ class Trainer:
     """Holds the model, optimizer and accelerator; the graph's nodes call its methods."""
 
     def __init__(self, model, tokenizer, lr: float, weight_decay: float = 0.0, train_weights: bool = True,
-                 grad_norm: str = "fast"):
+                 grad_norm: str = "fast", max_nonfinite_steps: int = 3):
         from accelerate import Accelerator
 
         self.accelerator = Accelerator(cpu=not torch.cuda.is_available())
@@ -85,6 +89,8 @@ class Trainer:
         self.model, self.optimizer = self.accelerator.prepare(model, optimizer)
         self.grad_norms = PerSampleGradNorm(self.accelerator.unwrap_model(self.model))
         self.skipped_steps = 0
+        self.nonfinite_in_a_row = 0
+        self.max_nonfinite_steps = max_nonfinite_steps
         # Several processes (torchrun / accelerate launch): each takes a slice of every batch, gradients are
         # averaged by DDP, and signals are gathered so every process sees all of them.
         self.rank = self.accelerator.process_index
@@ -128,7 +134,13 @@ class Trainer:
                 # A non-finite loss would poison the adapter; every process skips the update together.
                 self.optimizer.zero_grad(set_to_none=True)
                 self.skipped_steps += 1
+                self.nonfinite_in_a_row += 1
+                if self.nonfinite_in_a_row >= self.max_nonfinite_steps:
+                    raise NonFiniteLoss(
+                        f"training stopped: {self.nonfinite_in_a_row} steps in a row had a non-finite loss "
+                        f"({self.skipped_steps} skipped in all); lower train.lr or check the data, then start again")
                 return self._collect(local, losses.detach(), correct, [None] * len(local))
+            self.nonfinite_in_a_row = 0
             self.accelerator.backward(loss)
         if idle:
             norms = []

@@ -149,9 +149,14 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as e:
         from router.durable import Interrupted
 
+        from adapters.train import NonFiniteLoss
+
         if isinstance(e, Interrupted):
             print(f"nslora: interrupted: {e}", file=sys.stderr)
             return 130
+        if isinstance(e, NonFiniteLoss):
+            print(f"nslora: error: {e}", file=sys.stderr)
+            return 1
         raise
     return 1
 

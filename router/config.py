@@ -77,12 +77,14 @@ class TrainConfig:
     seed: int = _f(0, "Seed of batching order, LoRA init and dropout.")
     eval_batch_size: int = _f(16, "Held-out samples per generation batch.")
     max_new_tokens: int = _f(16, "Greedy generation length for held-out evaluation.")
+    max_nonfinite_steps: int = _f(3, "A step with a NaN or inf loss is skipped and recorded; this many in a row stop the run.")
     grad_norm: Literal["fast", "naive", "off"] = _f("fast", "C2: fast (exact, from the normal backward), naive (one backward per sample), off.")
 
     def __post_init__(self):
         _check(self.epochs >= 1, f"train.epochs={self.epochs!r} must be >= 1")
         _check(self.batch_size >= 1, f"train.batch_size={self.batch_size!r} must be >= 1")
         _check(self.lr > 0, f"train.lr={self.lr!r} must be > 0")
+        _check(self.max_nonfinite_steps >= 1, f"train.max_nonfinite_steps={self.max_nonfinite_steps!r} must be >= 1")
 
 
 @dataclass

@@ -149,7 +149,7 @@ def run(cfg: Config, resume_dir: Path | None = None) -> dict[str, Any]:
                         "target": s.target} for split, group in (("train", train), ("heldout", heldout)) for s in group])
 
     trainer = Trainer(model, tokenizer, lr=cfg.train.lr, weight_decay=cfg.train.weight_decay, train_weights=policy.trains_weights,
-                      grad_norm=cfg.train.grad_norm)
+                      grad_norm=cfg.train.grad_norm, max_nonfinite_steps=cfg.train.max_nonfinite_steps)
     bar = None
     if cfg.run.progress and main:
         from tqdm.auto import tqdm as bar
