@@ -91,6 +91,8 @@ class Trainer:
         self.skipped_steps = 0
         self.nonfinite_in_a_row = 0
         self.max_nonfinite_steps = max_nonfinite_steps
+        self.micro_batch: int | None = None  # set after an out-of-memory error: samples per forward / backward
+        self.oom_halvings = 0
         # Several processes (torchrun / accelerate launch): each takes a slice of every batch, gradients are
         # averaged by DDP, and signals are gathered so every process sees all of them.
         self.rank = self.accelerator.process_index
@@ -108,50 +110,84 @@ class Trainer:
         return gather_object(pairs)
 
     def step(self, batch_items: list[Item]) -> dict[str, StepSignals]:
-        """One LoRA step on a batch; returns each sample's loss (before the update), correctness and C2."""
-        n_global = len(batch_items)
+        """One LoRA step on a batch; returns each sample's loss (before the update), correctness and C2.
+
+        On out-of-memory the batch is split into micro-batches (halved until it fits; remembered for later
+        steps) whose gradients accumulate into the same single update, so the result does not change.
+        """
         local = batch_items[self.rank :: self.world]
+        while True:
+            try:
+                return self._step(batch_items, local)
+            except torch.OutOfMemoryError:
+                self.optimizer.zero_grad(set_to_none=True)
+                size = self.micro_batch or max(1, len(local))
+                if size <= 1:
+                    raise
+                self.micro_batch = size // 2
+                self.oom_halvings += 1
+                if torch.cuda.is_available():
+                    torch.cuda.empty_cache()
+
+    def _step(self, batch_items: list[Item], local: list[Item]) -> dict[str, StepSignals]:
+        n_global = len(batch_items)
         # A process with no sample of a short last batch still joins the gradient all-reduce, with zero weight.
         idle = not local
-        enc = collate([encode(self.tokenizer, it) for it in (local or batch_items[:1])], self.tokenizer.pad_token_id)
-        enc = {k: v.to(self.accelerator.device) for k, v in enc.items()}
+        chunks = self._chunks(local or batch_items[:1])
         if not self.train_weights:
+            losses, correct = [], []
             with torch.no_grad():
-                logits = self.model(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"]).logits
-                losses, correct = per_sample_loss(logits, enc["labels"])
+                for enc in chunks:
+                    logits = self.model(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"]).logits
+                    l, c = per_sample_loss(logits, enc["labels"])
+                    losses += l.tolist()
+                    correct += c.tolist()
             return self._collect(local, losses, correct, [None] * len(local))
         self.model.train()
-        naive = self._naive_norms(enc) if self.grad_norm == "naive" and not idle else None
-        with self.grad_norms.capture() if self.grad_norm == "fast" else nullcontext():
-            logits = self.model(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"]).logits
-            losses, correct = per_sample_loss(logits, enc["labels"])
-            # Sum over this process's samples, scaled so that DDP's average over processes is the batch mean.
-            loss = losses.sum() * (0.0 if idle else self.world / n_global)
-            finite = torch.isfinite(loss).float().reshape(1)
-            if self.world > 1:
-                finite = self.accelerator.gather(finite).min().reshape(1)
-            if not bool(finite.item()):
-                # A non-finite loss would poison the adapter; every process skips the update together.
-                self.optimizer.zero_grad(set_to_none=True)
-                self.skipped_steps += 1
-                self.nonfinite_in_a_row += 1
-                if self.nonfinite_in_a_row >= self.max_nonfinite_steps:
-                    raise NonFiniteLoss(
-                        f"training stopped: {self.nonfinite_in_a_row} steps in a row had a non-finite loss "
-                        f"({self.skipped_steps} skipped in all); lower train.lr or check the data, then start again")
-                return self._collect(local, losses.detach(), correct, [None] * len(local))
-            self.nonfinite_in_a_row = 0
-            self.accelerator.backward(loss)
-        if idle:
-            norms = []
-        elif self.grad_norm == "fast":
-            norms = self.grad_norms.norms(scale=n_global / self.world).tolist()
-        else:
-            norms = naive.tolist() if naive is not None else [None] * len(local)
+        losses, correct, norms = [], [], []
+        for enc in chunks:
+            naive = self._naive_norms(enc) if self.grad_norm == "naive" and not idle else None
+            with self.grad_norms.capture() if self.grad_norm == "fast" else nullcontext():
+                logits = self.model(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"]).logits
+                chunk_losses, chunk_correct = per_sample_loss(logits, enc["labels"])
+                # Sum over this process's samples, scaled so that DDP's average over processes is the batch mean.
+                loss = chunk_losses.sum() * (0.0 if idle else self.world / n_global)
+                finite = torch.isfinite(loss).float().reshape(1)
+                if self.world > 1:
+                    finite = self.accelerator.gather(finite).min().reshape(1)
+                losses += chunk_losses.detach().tolist()
+                correct += chunk_correct.tolist()
+                if not bool(finite.item()):
+                    return self._skip(local, losses, correct)
+                self.accelerator.backward(loss)
+            if self.grad_norm == "fast":
+                norms += self.grad_norms.norms(scale=n_global / self.world).tolist()
+            else:
+                norms += naive.tolist() if naive is not None else [None] * len(chunk_losses)
+        self.nonfinite_in_a_row = 0
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         self.model.eval()
-        return self._collect(local, losses.detach(), correct, norms)
+        return self._collect(local, losses, correct, [] if idle else norms)
+
+    def _chunks(self, items: list[Item]) -> list[dict[str, torch.Tensor]]:
+        size = self.micro_batch or len(items)
+        out = []
+        for i in range(0, len(items), size):
+            enc = collate([encode(self.tokenizer, it) for it in items[i : i + size]], self.tokenizer.pad_token_id)
+            out.append({k: v.to(self.accelerator.device) for k, v in enc.items()})
+        return out
+
+    def _skip(self, local, losses, correct) -> dict[str, StepSignals]:
+        # A non-finite loss would poison the adapter; every process skips the update together.
+        self.optimizer.zero_grad(set_to_none=True)
+        self.skipped_steps += 1
+        self.nonfinite_in_a_row += 1
+        if self.nonfinite_in_a_row >= self.max_nonfinite_steps:
+            raise NonFiniteLoss(
+                f"training stopped: {self.nonfinite_in_a_row} steps in a row had a non-finite loss "
+                f"({self.skipped_steps} skipped in all); lower train.lr or check the data, then start again")
+        return self._collect(local, losses, correct, [None] * len(local))
 
     def _collect(self, local: list[Item], losses, correct, norms) -> dict[str, StepSignals]:
         mine = [(it.id, StepSignals(float(l), bool(c), None if n is None else float(n)))

@@ -61,6 +61,8 @@ def save_trainer(trainer, run_dir: Path, epoch: int) -> None:
         "optimizer": trainer.optimizer.state_dict(),
         "torch_rng": torch.get_rng_state(),
         "skipped_steps": trainer.skipped_steps,
+        "micro_batch": trainer.micro_batch,
+        "oom_halvings": trainer.oom_halvings,
     }
     path = trainer_path(run_dir, epoch)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -86,3 +88,5 @@ def load_trainer(trainer, run_dir: Path, epoch: int) -> None:
     trainer.optimizer.load_state_dict(state["optimizer"])
     torch.set_rng_state(state["torch_rng"])
     trainer.skipped_steps = state["skipped_steps"]
+    trainer.micro_batch = state.get("micro_batch")
+    trainer.oom_halvings = state.get("oom_halvings", 0)

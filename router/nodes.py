@@ -102,7 +102,8 @@ def make_nodes(ctx: RunContext) -> dict[str, Any]:
         ctx.store.add_epoch({"epoch": epoch, "train_loss": sum(r["loss"] for r in rows) / n,
                              "train_correct": sum(r["correct"] for r in rows) / n, "heldout_accuracy": None,
                              "saturated": 0, "saturation_median": None, "symbolic": 0, "accepted": 0,
-                             "seconds": round(time.perf_counter() - started, 3), "skipped_steps": ctx.trainer.skipped_steps})
+                             "seconds": round(time.perf_counter() - started, 3), "skipped_steps": ctx.trainer.skipped_steps,
+                             "oom_halvings": ctx.trainer.oom_halvings, "micro_batch": ctx.trainer.micro_batch})
         if ctx.checkpoint is not None:
             ctx.checkpoint(epoch)
         update = {"epoch": epoch, "decisions": None, "candidates": [], "saturated": False, "reverted": []}

@@ -38,7 +38,7 @@ CREATE TABLE IF NOT EXISTS evals (
 );
 CREATE TABLE IF NOT EXISTS epochs (
   epoch INTEGER PRIMARY KEY, train_loss REAL, train_correct REAL, heldout_accuracy REAL,
-  saturated INTEGER, saturation_median REAL, symbolic INTEGER, accepted INTEGER, seconds REAL, skipped_steps INTEGER
+  saturated INTEGER, saturation_median REAL, symbolic INTEGER, accepted INTEGER, seconds REAL, skipped_steps INTEGER, oom_halvings INTEGER, micro_batch INTEGER
 );
 """
 
@@ -101,6 +101,7 @@ class Store:
             "llm_calls": one("SELECT SUM(calls) FROM rewrites"),
             "cache_hits": one("SELECT SUM(cache_hits) FROM rewrites"),
             "skipped_steps": one("SELECT MAX(skipped_steps) FROM epochs"),
+            "oom_halvings": one("SELECT MAX(oom_halvings) FROM epochs"),
         }
         for path, n in self.db.execute("SELECT path, COUNT(*) FROM decisions GROUP BY path"):
             out[f"path_{path}"] = n

@@ -148,3 +148,36 @@ def test_nonfinite_losses_are_skipped_then_stop_the_run(monkeypatch):
     trainer.nonfinite_in_a_row = 0
     trainer.step(items)
     assert trainer.nonfinite_in_a_row == 0 and trainer.skipped_steps == 2
+
+
+def test_out_of_memory_halves_the_micro_batch_and_gives_the_same_step():
+    import copy
+
+    from adapters.train import Item, Trainer
+    from tiny import make_tiny
+
+    base, tok = make_tiny()
+    items = [Item(f"s{i}", "Answer with one word.", "Mary moved to the bathroom. " * (i + 1) + "Where is Mary?", "bathroom")
+             for i in range(5)]
+    trainers = []
+    for _ in range(2):
+        model = _randomise_b(wrap(copy.deepcopy(base), LoraConfig(r=4, target_modules=["q_proj", "v_proj"]), seed=0))
+        trainers.append(Trainer(model, tok, lr=1e-2))
+    plain, squeezed = trainers
+    forward = squeezed.model.forward
+
+    def small_batches_only(*args, **kwargs):
+        if kwargs["input_ids"].shape[0] > 2:
+            raise torch.OutOfMemoryError("simulated: batch too large")
+        return forward(*args, **kwargs)
+
+    squeezed.model.forward = small_batches_only
+    a, b = plain.step(items), squeezed.step(items)
+    assert squeezed.micro_batch == 2 and squeezed.oom_halvings == 1  # 5 fails, halved to chunks of 2, 2, 1
+    for i in a:
+        assert a[i].loss == pytest.approx(b[i].loss, rel=1e-5) and a[i].correct == b[i].correct
+        assert a[i].grad_norm == pytest.approx(b[i].grad_norm, rel=1e-4)
+    pa = dict(plain.model.named_parameters())
+    for n, p in squeezed.model.named_parameters():
+        if p.requires_grad:
+            torch.testing.assert_close(p, pa[n], rtol=1e-4, atol=1e-6)
