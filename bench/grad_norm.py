@@ -2,6 +2,7 @@
 
     python bench/grad_norm.py                      # SmolLM2-135M and a tiny model, batch 8
     python bench/grad_norm.py --model tiny --steps 20
+    python bench/grad_norm.py --model random-llama-1b --batch 8    # on a GPU machine: no weights needed
 
 Prints one JSON line per model. Modes run interleaved in one process (the machine is shared and noisy), so the
 ratios compare like with like; the median over rounds is reported. Peak memory is the resident-set high-water
@@ -40,6 +41,8 @@ def setup(model_name: str, batch: int):
         from tiny import make_tiny
 
         model, tok = make_tiny()
+    elif model_name.startswith("random-llama-"):
+        model, tok = random_llama(model_name)
     else:
         from adapters.model import load_model
 
@@ -49,6 +52,31 @@ def setup(model_name: str, batch: int):
     lora = LoraConfig(r=8, alpha=16, target_modules=["q_proj", "k_proj", "v_proj", "o_proj"])
     torch.manual_seed(0)
     return wrap(model, lora, seed=0), tok, items
+
+
+# Llama-shaped models with random weights: the step cost depends on the shapes, not on the values.
+SHAPES = {
+    "random-llama-1b": dict(hidden_size=2048, intermediate_size=8192, num_hidden_layers=16, num_attention_heads=32,
+                            num_key_value_heads=8, vocab_size=32000),
+    "random-llama-small": dict(hidden_size=256, intermediate_size=1024, num_hidden_layers=4, num_attention_heads=8,
+                               num_key_value_heads=4, vocab_size=32000),
+}
+
+
+def random_llama(name: str):
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from tiny import make_tokenizer
+
+    tok = make_tokenizer()  # its ids fit in any vocabulary of the shapes above
+    cfg = LlamaConfig(**SHAPES[name], max_position_embeddings=2048, pad_token_id=tok.pad_token_id,
+                      eos_token_id=tok.eos_token_id, bos_token_id=tok.bos_token_id)
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(cfg)
+    if torch.cuda.is_available():
+        model = model.to("cuda")
+    return model, tok
 
 
 def trainer_for(model, tok, mode):
@@ -94,6 +122,12 @@ def memory_child(model_name: str, batch: int, mode: str) -> None:
 
     trainer = Trainer(model, tok, lr=1e-4, grad_norm=mode)
     trainer.step(items)
+    if torch.cuda.is_available():
+        torch.cuda.reset_peak_memory_stats()
+        for _ in range(2):
+            trainer.step(items)
+        print(torch.cuda.max_memory_allocated() / 2**20)
+        return
     # Reset the kernel's high-water mark so the peak covers the training steps, not the model load.
     Path("/proc/self/clear_refs").write_text("5")
     for _ in range(2):
@@ -120,9 +154,13 @@ def main() -> None:
         memory_child(models[0], args.batch, args.memory_mode)
         return
     for name in models:
-        result = {"bench": "grad_norm", "model": name, "batch": args.batch, "steps": args.steps}
+        import torch
+
+        result = {"bench": "grad_norm", "model": name, "batch": args.batch, "steps": args.steps,
+                  "device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
+                  "peak_memory": "cuda max_memory_allocated" if torch.cuda.is_available() else "process VmHWM"}
         result.update(timings(name, args.batch, args.steps))
-        result["peak_rss_mb"] = {m: round(peak_rss_mb(name, args.batch, m), 1) for m in MODES}
+        result["peak_mb"] = {m: round(peak_rss_mb(name, args.batch, m), 1) for m in MODES}
         print(json.dumps(result), flush=True)
 
 
