@@ -55,8 +55,12 @@ def resolve(name_or_path: str, gguf_file: str | None) -> tuple[str, str | None]:
 
 def _dequantised_cache(folder: str, gguf_file: str, cache_dir: str | None) -> Path:
     src = Path(folder) / gguf_file
-    stat = src.stat()
-    key = hashlib.sha256(f"{src.resolve()}|{stat.st_size}|{int(stat.st_mtime)}".encode()).hexdigest()[:16]
+    # Keyed on the file's content, so every virtualenv holding the same wheel shares one de-quantised copy.
+    digest = hashlib.sha256()
+    with src.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    key = digest.hexdigest()[:16]
     target = _cache_root(cache_dir) / f"{src.stem}-{key}"
     if (target / "model.safetensors").is_file():
         return target
