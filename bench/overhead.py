@@ -86,7 +86,7 @@ def routed_epoch(base, tok, task, train, heldout, cfg) -> float:
         started = time.perf_counter()
         graph.invoke(state, {"recursion_limit": 50})
         seconds = time.perf_counter() - started
-        decisions = ctx.counts.get("decisions", 0)
+        decisions = store.counts()["decisions"]
         store.close()
         return seconds, decisions
 

@@ -6,7 +6,6 @@ import json
 import os
 import re
 import shutil
-import sqlite3
 import subprocess
 from html.parser import HTMLParser
 from pathlib import Path
@@ -18,7 +17,7 @@ from fake_openai import PREFIX, FakeOpenAI
 from report import data as D
 from report.cli import main as report_main
 from router.cli import main
-from test_e2e import KEY, tiny_dir, write_config  # noqa: F401  (tiny_dir is a fixture)
+from test_e2e import KEY, rows, tiny_dir, write_config  # noqa: F401  (tiny_dir is a fixture)
 
 torch.set_num_threads(1)
 CHROMIUM = shutil.which("chromium") or ("/usr/bin/chromium" if os.path.exists("/usr/bin/chromium") else None)
@@ -32,15 +31,6 @@ def _question(messages):
     user = user if isinstance(user, str) else " ".join(p.get("text", "") for p in user)
     m = re.search(r"<QUESTION>\s*(.*?)\s*</QUESTION>", user, re.S)
     return m.group(1) if m else ""
-
-
-def rows(run_dir, sql):
-    db = sqlite3.connect(run_dir / "run.sqlite")
-    db.row_factory = sqlite3.Row
-    try:
-        return [dict(r) for r in db.execute(sql)]
-    finally:
-        db.close()
 
 
 @pytest.fixture(scope="module")

@@ -1,0 +1,32 @@
+"""The benchmark scripts run and print their JSON line (on the tiny model; timings are not asserted)."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _json_line(args, timeout=300):
+    env = {**os.environ, "BENCH_THREADS": "1"}
+    proc = subprocess.run([sys.executable, *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
+    assert lines, proc.stdout[-2000:]
+    return json.loads(lines[-1])
+
+
+def test_overhead_bench_runs_both_arms():
+    out = _json_line(["bench/overhead.py", "--model", "tiny", "--rounds", "1", "--samples", "8", "--batch", "4"])
+    assert out["steps_per_epoch"] == 2 and out["routed_decisions_per_epoch"] == 8
+    assert out["median_ratio_routed_over_trl"] > 0
+
+
+@pytest.mark.parametrize("model", ["tiny"])
+def test_grad_norm_bench_reports_every_mode(model):
+    out = _json_line(["bench/grad_norm.py", "--model", model, "--steps", "1", "--batch", "2"])
+    assert set(out["step_seconds"]) == {"off", "fast", "naive"} and set(out["peak_mb"]) == {"off", "fast", "naive"}
