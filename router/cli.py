@@ -59,8 +59,10 @@ def _parser() -> argparse.ArgumentParser:
     ev.add_argument("policy_dir")
     ev.add_argument("run_dirs", nargs="+", metavar="RUN_DIR")
     ev.add_argument("--criterion", choices=["c1", "c2", "rewrite"], default=None)
-    sh = psub.add_parser("show", help="summarise a saved policy folder")
+    sh = psub.add_parser("show", help="summarise a saved policy folder and write its report (calibration curve, score histogram)")
     sh.add_argument("policy_dir")
+    sh.add_argument("run_dirs", nargs="*", metavar="RUN_DIR", help="runs whose pairs to score in the report (default: the policy's JSON only)")
+    sh.add_argument("--out", default=None, help="report file (default: POLICY_DIR/report.html)")
     return parser
 
 
@@ -74,7 +76,10 @@ def _policy_command(args) -> int:
     if args.policy_command == "show":
         from policies.reward.evaluate import describe_policy
 
+        from report.policy import write_policy_report
+
         print(json.dumps(describe_policy(args.policy_dir), indent=2))
+        print(f"report: {write_policy_report(args.policy_dir, run_dirs=args.run_dirs or None, out=args.out)}")
         return 0
     if args.policy_command == "eval":
         from policies.reward.evaluate import evaluate_policy

@@ -40,8 +40,12 @@ def test_reward_policy_without_a_folder_is_refused_up_front(tmp_path, capsys):
 def test_policy_show_and_eval_commands(trained, tiny_dir, tmp_path, monkeypatch, capsys):
     _, policy_dir = trained
     assert main(["policy", "show", str(policy_dir)]) == 0
-    shown = json.loads(capsys.readouterr().out)
+    out = capsys.readouterr().out
+    shown = json.loads(out[: out.rindex("}") + 1])
     assert shown["threshold"] is not None
+    page = (policy_dir / "report.html").read_text()
+    assert f"report: {policy_dir / 'report.html'}" in out
+    assert "<svg" in page or "data:image/png" in page
     monkeypatch.setenv("NSLORA_TEST_KEY", KEY)
     with FakeOpenAI() as srv:
         cfg = write_config(tmp_path, tiny_dir, srv.base_url, policy={"name": "lora-only"})
