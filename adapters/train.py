@@ -4,7 +4,6 @@ and held-out evaluation by batched greedy generation.
 
 from __future__ import annotations
 
-import math
 import random
 from contextlib import nullcontext
 from dataclasses import dataclass
@@ -243,6 +242,3 @@ class Trainer:
             tok.padding_side = side
         return [reply for _, reply in sorted(self._gather(mine))]
 
-
-def finite_or_none(x: float | None) -> float | None:
-    return x if x is not None and math.isfinite(x) else None

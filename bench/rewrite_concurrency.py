@@ -76,27 +76,24 @@ def main() -> None:
 
     out: dict = {"n": args.n, "latency_s": args.latency, "concurrency": args.concurrency, "strategy": "textgrad"}
     with FakeOpenAI(latency=args.latency) as srv:
-        plain = OpenAIEngine(base_url=srv.base_url, model="fake", max_retries=0, timeout=30)
+        def timed(run):
+            """(results, seconds, HTTP chat calls) of one round."""
+            before = len(srv.chat_requests())
+            start = time.perf_counter()
+            results = run()
+            return results, time.perf_counter() - start, len(srv.chat_requests()) - before
+
+        def engine():
+            return OpenAIEngine(base_url=srv.base_url, model="fake", max_retries=0, timeout=30)
+
         textgrad = STRATEGIES["textgrad"]
-        start = time.perf_counter()
-        seq = [textgrad(s, ctx) for s, ctx in jobs(plain)]  # textgrad's own loop: one sample after another
-        t_seq = time.perf_counter() - start
-        seq_calls = len(srv.chat_requests())
-
+        # textgrad's own loop: one sample after another
+        seq, t_seq, seq_calls = timed(lambda: [textgrad(s, ctx) for s, ctx in jobs(engine())])
         cache_path = os.path.join(_TMP, "rewrites.sqlite")
-        cached = CachedEngine(OpenAIEngine(base_url=srv.base_url, model="fake", max_retries=0, timeout=30), cache_path)
-        before = len(srv.chat_requests())
-        start = time.perf_counter()
-        par = rewrite_many(jobs(cached), "textgrad", concurrency=args.concurrency)
-        t_par = time.perf_counter() - start
-        par_calls = len(srv.chat_requests()) - before
-
-        again_engine = CachedEngine(OpenAIEngine(base_url=srv.base_url, model="fake", max_retries=0, timeout=30), cache_path)
-        before = len(srv.chat_requests())
-        start = time.perf_counter()
-        again = rewrite_many(jobs(again_engine), "textgrad", concurrency=args.concurrency)
-        t_again = time.perf_counter() - start
-        again_calls = len(srv.chat_requests()) - before
+        par, t_par, par_calls = timed(lambda: rewrite_many(jobs(CachedEngine(engine(), cache_path)), "textgrad",
+                                                           concurrency=args.concurrency))
+        again, t_again, again_calls = timed(lambda: rewrite_many(jobs(CachedEngine(engine(), cache_path)), "textgrad",
+                                                                 concurrency=args.concurrency))
 
     ideal = par_calls * args.latency / args.concurrency
     out.update({

@@ -19,13 +19,12 @@ from router.state import RunState
 
 def build_graph(ctx: RunContext, export: Callable[[RunState], dict], checkpointer=None):
     nodes = make_nodes(ctx)
-    view = nodes.pop("view")
+    views = nodes.pop("views")
 
     def after_monitor(state: RunState):
         if not state.get("saturated") or not state.get("candidates"):
             return "evaluate"
-        rows = {r["sample_id"]: r for r in ctx.store.query("SELECT * FROM signals WHERE epoch=?", (state["epoch"],))}
-        return [Send("decide", view_payload(view(state, i, rows[i]))) for i in state["candidates"]]
+        return [Send("decide", view_payload(v)) for v in views(state, state["candidates"])]
 
     def after_evaluate(state: RunState) -> Literal["train_epoch", "export"]:
         return "train_epoch" if state.get("epoch", 0) < ctx.cfg.train.epochs else "export"

@@ -148,15 +148,21 @@ def make_nodes(ctx: RunContext) -> dict[str, Any]:
         if not saturated:
             return {"saturated": False, "candidates": []}
         candidates = sorted(misclassified - set(state.get("reverted", [])))
-        views = [view(state, i, now[i]) for i in candidates]
-        ctx.policy.calibrate(views)
+        ctx.policy.calibrate(views(state, candidates))
         return {"saturated": True, "candidates": candidates}
 
-    def view(state, sample_id: str, row: dict[str, Any]) -> SampleView:
-        p = state["prompts"][sample_id]
-        return SampleView(id=sample_id, epoch=row["epoch"], loss=row["loss"], c1=row["c1"], c2=row["c2"],
-                          correct=bool(row["correct"]), losses=tuple(ctx.store.losses(sample_id)),
-                          system=system_for(state, p), question=p["question"], rewrites=p["version"])
+    def views(state, sample_ids: list[str]) -> list[SampleView]:
+        """What the policy sees of each sample in this epoch's routing round (two queries for all of them)."""
+        epoch = state["epoch"]
+        rows = {r["sample_id"]: r for r in ctx.store.query("SELECT * FROM signals WHERE epoch=?", (epoch,))}
+        history = ctx.store.loss_histories(sample_ids)
+        out = []
+        for i in sample_ids:
+            row, p = rows[i], state["prompts"][i]
+            out.append(SampleView(id=i, epoch=epoch, loss=row["loss"], c1=row["c1"], c2=row["c2"], correct=bool(row["correct"]),
+                                  losses=tuple(history.get(i, ())), system=system_for(state, p), question=p["question"],
+                                  rewrites=p["version"]))
+        return out
 
     def decide(payload):
         v = SampleView(**{**payload["view"], "losses": tuple(payload["view"]["losses"])})
@@ -170,7 +176,7 @@ def make_nodes(ctx: RunContext) -> dict[str, Any]:
         symbolic = [d["sample_id"] for d in decisions if d["route"] == "symbolic"]
         if not symbolic or not ctx.rewrites_enabled:
             return {}
-        prompts = dict(state["prompts"])
+        prompts = state["prompts"]
         current = [(system_for(state, prompts[i]), prompts[i]["question"]) for i in symbolic]
         # Every process joins the generation; only the main process calls the rewriter, then shares the result.
         answers = ctx.trainer.generate(current, cfg.train.max_new_tokens, cfg.train.eval_batch_size)
@@ -185,7 +191,6 @@ def make_nodes(ctx: RunContext) -> dict[str, Any]:
     def rewrite_round(state, epoch, symbolic, current, answers):
         from rewriter.strategies import RewriteContext, optimize_system_prompt
 
-        engine_name = getattr(ctx.engine, "name", type(ctx.engine).__name__)
         update: dict[str, Any] = {}
         rows = []
         if ctx.policy.optimizes_shared_system:
@@ -194,13 +199,7 @@ def make_nodes(ctx: RunContext) -> dict[str, Any]:
             res = optimize_system_prompt(system, examples, ctx.engine)
             if res.verdict == "accepted" and res.new_system:
                 update["shared_system"] = res.new_system
-            rows.append({"epoch": epoch, "sample_id": "*system*", "version": epoch, "original_system": system,
-                         "original_question": "", "new_system": res.new_system, "new_question": None, "candidate": res.candidate,
-                         "student_answer": "\n".join(answers[:8]), "engine": engine_name, "strategy": "textgrad-system",
-                         "verdict": res.verdict, "reason": res.reason, "calls": res.calls, "tokens": res.tokens,
-                         "prompt_tokens": res.prompt_tokens, "completion_tokens": res.completion_tokens,
-                         "cache_hits": res.cache_hits, "cost": None, "scores": json.dumps(res.scores, sort_keys=True),
-                         "seconds": round(res.seconds, 3)})
+            rows.append(rewrite_row(epoch, "*system*", epoch, system, "", "\n".join(answers[:8]), "textgrad-system", res, None))
             return rows, update
         from rewriter.budget import cost_of
         from rewriter.pool import rewrite_many
@@ -233,19 +232,24 @@ def make_nodes(ctx: RunContext) -> dict[str, Any]:
                 # Keep the previous version and the loss it had, so a rewrite that does not help can be reverted.
                 prompts[i] = {"system": res.new_system or p["system"], "question": res.new_question or p["question"],
                               "version": p["version"] + 1, "since": epoch, "loss_at": losses.get(i), "prev": p}
-            rows.append({"epoch": epoch, "sample_id": i, "version": prompts[i]["version"], "original_system": system,
-                         "original_question": question, "new_system": res.new_system, "new_question": res.new_question,
-                         "candidate": res.candidate, "student_answer": answer, "engine": engine_name,
-                         "strategy": cfg.rewriter.strategy, "verdict": res.verdict, "reason": res.reason,
-                         "calls": res.calls, "tokens": res.tokens, "prompt_tokens": res.prompt_tokens,
-                         "completion_tokens": res.completion_tokens, "cache_hits": res.cache_hits,
-                         "cost": cost_of(cfg.rewriter.model, res.prompt_tokens, res.completion_tokens, prices, kind),
-                         "scores": json.dumps(res.scores, sort_keys=True), "seconds": round(res.seconds, 3)})
+            cost = cost_of(cfg.rewriter.model, res.prompt_tokens, res.completion_tokens, prices, kind)
+            rows.append(rewrite_row(epoch, i, prompts[i]["version"], system, question, answer, cfg.rewriter.strategy, res, cost))
         update["prompts"] = prompts
         return rows, update
 
+    def rewrite_row(epoch, sample_id, version, system, question, student_answer, strategy, res, cost) -> dict[str, Any]:
+        """One row of the rewrites table: the prompt before, the result, and what it cost."""
+        return {"epoch": epoch, "sample_id": sample_id, "version": version, "original_system": system,
+                "original_question": question, "new_system": res.new_system, "new_question": res.new_question,
+                "candidate": res.candidate, "student_answer": student_answer,
+                "engine": getattr(ctx.engine, "name", type(ctx.engine).__name__), "strategy": strategy,
+                "verdict": res.verdict, "reason": res.reason, "calls": res.calls, "tokens": res.tokens,
+                "prompt_tokens": res.prompt_tokens, "completion_tokens": res.completion_tokens,
+                "cache_hits": res.cache_hits, "cost": cost, "scores": json.dumps(res.scores, sort_keys=True),
+                "seconds": round(res.seconds, 3)}
+
     return {"evaluate": evaluate, "train_epoch": train_epoch, "monitor": monitor, "decide": decide, "rewrite": rewrite,
-            "view": view}
+            "views": views}
 
 
 def view_payload(v: SampleView) -> dict[str, Any]:

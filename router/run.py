@@ -45,7 +45,7 @@ def plan(cfg: Config):
     return task, train, heldout, policy
 
 
-def _routes_symbolic(cfg: Config, policy) -> bool:
+def _routes_symbolic(cfg: Config) -> bool:
     return cfg.policy.name != "lora-only"
 
 
@@ -76,7 +76,7 @@ def run(cfg: Config, resume_dir: Path | None = None) -> dict[str, Any]:
     started = time.perf_counter()
     _quiet_libraries()
     task, train, heldout, policy = plan(cfg)
-    symbolic = _routes_symbolic(cfg, policy)
+    symbolic = _routes_symbolic(cfg)
 
     import torch
     from accelerate import PartialState
@@ -219,7 +219,7 @@ def dry_run(cfg: Config) -> str:
     from rewriter.budget import estimate
 
     task, train, heldout, policy = plan(cfg)
-    if not _routes_symbolic(cfg, policy):
+    if not _routes_symbolic(cfg):
         return f"policy {cfg.policy.name} never rewrites: 0 LLM calls, cost $0"
     if policy.needs_saturation:
         rounds = max(0, cfg.train.epochs - cfg.saturation.min_epoch + 1)

@@ -109,5 +109,10 @@ class Store:
             out[f"rewrites_{verdict}"] = n
         return dict(sorted(out.items()))
 
-    def losses(self, sample_id: str) -> list[float]:
-        return [r["loss"] for r in self.query("SELECT loss FROM signals WHERE sample_id=? ORDER BY epoch", (sample_id,))]
+    def loss_histories(self, sample_ids: list[str]) -> dict[str, list[float]]:
+        """Each sample's loss per epoch, oldest first, in one query."""
+        out: dict[str, list[float]] = {i: [] for i in sample_ids}
+        for sid, loss in self.db.execute("SELECT sample_id, loss FROM signals ORDER BY epoch"):
+            if sid in out:
+                out[sid].append(loss)
+        return out
