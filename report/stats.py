@@ -64,7 +64,8 @@ def _run_facts(run_dir: Path) -> dict[str, Any] | None:
         return None
     m = json.loads((run_dir / "metrics.json").read_text())
     c = m["counts"]
-    return {"final": m["heldout_accuracy"]["final"], "before": m["heldout_accuracy"]["before"],
+    policy = yaml_config(run_dir).get("policy", {}).get("name")
+    return {"policy": policy, "final": m["heldout_accuracy"]["final"], "before": m["heldout_accuracy"]["before"],
             "symbolic": c.get("symbolic", 0), "accepted": c.get("rewrites_accepted", 0),
             "rewritten_samples": c.get("rewritten_samples", 0), "llm_calls": m["llm"]["calls"], "cost": m["llm"]["cost"],
             "wall_seconds": m["wall_seconds"], "correct": final_correct(run_dir)}
@@ -100,7 +101,8 @@ def arm_table(name: str, arms: list[str], seeds: list[int], runs: dict[tuple[str
                             "losses": sum(facts[(arm, s)]["final"] < base[s]["final"] for s in paired)}
         rows.append(row)
     n_items = next((len(x["correct"]) for x in facts.values() if x is not None), 0)
-    return {"name": name, "task": config.get("task", {}).get("name"), "model": config.get("model", {}).get("name_or_path"),
+    routes = any(x["policy"] != "lora-only" for x in facts.values() if x is not None)
+    return {"name": name, "routes": routes, "task": config.get("task", {}).get("name"), "model": config.get("model", {}).get("name_or_path"),
             "strategy": config.get("rewriter", {}).get("strategy"), "engine": config.get("rewriter", {}).get("engine"),
             "n_train": config.get("task", {}).get("n_train"), "n_heldout": n_items, "epochs": config.get("train", {}).get("epochs"),
             "p": config.get("saturation", {}).get("p"), "baseline": baseline, "seeds": seeds, "confidence": confidence,
@@ -153,9 +155,12 @@ def markdown_table(tables: list[dict[str, Any]]) -> str:
         out.append("")
     for t in tables:
         level = round(100 * t["confidence"])
+        routing = f"p={t['p']}, rewriter {t['strategy']} ({t['engine']}), " if t.get("routes", True) else ""
         out.append(f"### {t['name']}: {t['task']}, {t['model']}, {t['n_train']} train / {t['n_heldout']} held-out, "
-                   f"{t['epochs']} epochs, p={t['p']}, rewriter {t['strategy']} ({t['engine']}), seeds {', '.join(map(str, t['seeds']))}")
+                   f"{t['epochs']} epochs, {routing}seeds {', '.join(map(str, t['seeds']))}")
         out.append("")
+        if t.get("note"):
+            out += [t["note"], ""]
         out.append(f"| arm | held-out % (mean ± std) | Δ vs {t['baseline']} [{level}% CI] | wins/losses | per seed | "
                    "before % | routed symbolic | rewrites accepted | LLM calls | wall s |")
         out.append("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")

@@ -127,8 +127,8 @@ class Job:
 class Experiment:
     """One config's arms x seeds, run with up to `jobs` processes side by side."""
 
-    def __init__(self, exp: ExperimentConfig, base: dict[str, Any], jobs: int = 1, echo=print):
-        self.exp, self.base, self.jobs, self.echo = exp, base, max(1, jobs), echo
+    def __init__(self, exp: ExperimentConfig, base: dict[str, Any], jobs: int = 1, echo=print, note: str | None = None):
+        self.exp, self.base, self.jobs, self.echo, self.note = exp, base, max(1, jobs), echo, note
         self.root = Path(exp.out_dir) / exp.name
         self.config_path = self.root / "config.yaml"
         self.policy_dir = self.root / "reward-policy"
@@ -259,6 +259,8 @@ class Experiment:
         runs = {(j.arm, j.seed): j.run_dir for j in self.jobs_list}
         table = arm_table(self.exp.name, self.exp.arms, self.exp.seeds, runs, baseline=self.exp.baseline,
                           draws=self.exp.bootstrap, confidence=self.exp.confidence)
+        if self.note:
+            table["note"] = self.note
         self._write(self.root / "results.json", json.dumps(table, indent=2))
         self._write(self.root / "results.md", markdown_table([table]))
         return table

@@ -61,10 +61,10 @@ def transfer(data: str, model: str, seeds: list[int], out: str, name: str | None
     from router.experiment import Experiment
 
     exp, base, rewritten = plan_transfer(data, model, seeds, out, name, overrides)
-    echo(f"transfer: {model} on the original prompts vs the prompts of {source_run(data)} ({rewritten} of {base['task']['n_train']} rewritten)")
-    table = Experiment(exp, base, jobs=jobs, echo=echo).run()
-    table["source_run"] = str(source_run(data))
-    table["rewritten_train_prompts"] = rewritten
+    note = (f"transfer: {model} trained on the original prompts vs the prompts of {source_run(data)} "
+            f"({rewritten} of {base['task']['n_train']} training prompts rewritten); both answer the original held-out prompts")
+    echo(note)
+    table = Experiment(exp, base, jobs=jobs, echo=echo, note=note).run()
     missing = [f"{r['arm']} seed {s}" for r in table["arms"] for s in r["missing_seeds"]]
     if missing:
         raise UserError(f"{len(missing)} transfer run(s) did not finish ({', '.join(missing)}); see their logs, then rerun the same command")

@@ -225,6 +225,7 @@ def test_transfer_trains_the_second_model_on_the_rewritten_and_the_original_prom
     assert code == 0
     out = capsys.readouterr().out
     assert "| augmented |" in out and "| original |" in out and "Δ vs original" in out
+    assert f"({len(rewritten)} of 12 training prompts rewritten)" in out and "rewriter rules" not in out
     t = tmp_path / "transfer" / "t"
     for s in (0, 1):
         aug = {r["id"]: r for r in rows(t / "augmented" / f"seed-{s}", "SELECT * FROM samples")}
