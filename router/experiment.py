@@ -97,8 +97,7 @@ def load_experiment(path: str, overrides: list[str] | None = None) -> tuple[Expe
     if exp.name is None:
         exp.name = p.stem
     base = to_dict(from_dict(apply_overrides({k: v for k, v in raw.items() if k != "experiment"}, run_overrides), path))
-    base["run"]["progress"] = False
-    # Relative data paths are relative to where the command runs; the runs start in the same folder.
+    base["run"]["progress"] = False  # runs write to log files; their progress is the experiment's one line a run
     for arm in exp.arms:  # every arm's config must be valid before the first run starts
         from_dict(apply_overrides(base, _arm_sets(exp, arm, Path("policy-folder"), 0)), f"{path} arm {arm}")
     return exp, base
