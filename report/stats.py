@@ -8,8 +8,6 @@ seeds (with replacement) and held-out items (with replacement, the same items fo
 
 from __future__ import annotations
 
-import json
-import sqlite3
 from pathlib import Path
 from typing import Any
 
@@ -49,33 +47,27 @@ def paired_bootstrap(diff: np.ndarray, draws: int = 10000, confidence: float = 0
 # ------------------------------------------------------------------------------------------------ run folders
 
 
-def final_correct(run_dir: Path) -> dict[str, int]:
-    """Held-out sample id -> 1/0 at the run's last evaluated epoch."""
-    db = sqlite3.connect(f"file:{run_dir / 'run.sqlite'}?mode=ro", uri=True)
-    try:
-        (last,) = db.execute("SELECT MAX(epoch) FROM evals").fetchone()
-        return {i: int(c) for i, c in db.execute("SELECT sample_id, correct FROM evals WHERE epoch=?", (last,))}
-    finally:
-        db.close()
-
-
 def _run_facts(run_dir: Path) -> dict[str, Any] | None:
+    """What the table needs of one finished run (None while it has no metrics.json)."""
+    from report.data import load_run
+
     if not (run_dir / "metrics.json").is_file():
         return None
-    m = json.loads((run_dir / "metrics.json").read_text())
-    c = m["counts"]
-    policy = yaml_config(run_dir).get("policy", {}).get("name")
-    return {"policy": policy, "final": m["heldout_accuracy"]["final"], "before": m["heldout_accuracy"]["before"],
-            "symbolic": c.get("symbolic", 0), "accepted": c.get("rewrites_accepted", 0),
+    run = load_run(run_dir)
+    m, c = run.metrics, run.metrics["counts"]
+    last = max(e["epoch"] for e in run.evals)
+    return {"config": run.config, "policy": run.policy, "final": m["heldout_accuracy"]["final"],
+            "before": m["heldout_accuracy"]["before"], "symbolic": c.get("symbolic", 0), "accepted": c.get("rewrites_accepted", 0),
             "rewritten_samples": c.get("rewritten_samples", 0), "llm_calls": m["llm"]["calls"], "cost": m["llm"]["cost"],
-            "wall_seconds": m["wall_seconds"], "correct": final_correct(run_dir)}
+            "wall_seconds": m["wall_seconds"],
+            "correct": {e["sample_id"]: int(e["correct"]) for e in run.evals if e["epoch"] == last}}
 
 
 def arm_table(name: str, arms: list[str], seeds: list[int], runs: dict[tuple[str, int], Path], baseline: str,
               draws: int = 10000, confidence: float = 0.95) -> dict[str, Any]:
     """One experiment's table from its run folders; a run without metrics.json is listed as missing."""
     facts = {key: _run_facts(path) for key, path in runs.items()}
-    config = next((yaml_config(p) for k, p in runs.items() if facts[k] is not None), {})
+    config = next((f["config"] for f in facts.values() if f is not None), {})
     base = {s: facts.get((baseline, s)) for s in seeds}
     rows = []
     for arm in arms:
@@ -107,12 +99,6 @@ def arm_table(name: str, arms: list[str], seeds: list[int], runs: dict[tuple[str
             "n_train": config.get("task", {}).get("n_train"), "n_heldout": n_items, "epochs": config.get("train", {}).get("epochs"),
             "p": config.get("saturation", {}).get("p"), "baseline": baseline, "seeds": seeds, "confidence": confidence,
             "bootstrap": draws, "arms": rows}
-
-
-def yaml_config(run_dir: Path) -> dict[str, Any]:
-    import yaml
-
-    return yaml.safe_load((run_dir / "config.yaml").read_text(encoding="utf-8")) or {}
 
 
 # ------------------------------------------------------------------------------------------------ markdown

@@ -149,6 +149,12 @@ class RewriterConfig:
     batch_timeout: float = _f(86400.0, "Seconds to wait for a batch before cancelling it (its samples stay numerical).")
     revert_after: int = _f(2, "A rewritten sample whose loss has not fallen below its loss at the rewrite after this many epochs goes back to its previous prompt (0: never).")
 
+    @property
+    def calls_model(self) -> bool:
+        """The rules strategy reads only the question and calls no LLM: no engine is built and no student answers
+        are generated for it."""
+        return self.strategy != "rules"
+
     def __post_init__(self):
         _check(self.timeout > 0, f"rewriter.timeout={self.timeout!r} must be > 0")
         _check(self.max_tokens >= 8, f"rewriter.max_tokens={self.max_tokens!r} must be >= 8")
@@ -236,15 +242,19 @@ def from_dict(raw: dict[str, Any], source: str = "config") -> Config:
     for section, values in raw.items():
         _check(section in SECTIONS, f"{source}: unknown section '{section}'; valid sections: {', '.join(SECTIONS)}")
         cls = SECTIONS[section]
-        cls = globals()[cls] if isinstance(cls, str) else cls
-        values = values or {}
-        _check(isinstance(values, dict), f"{source}: section '{section}' must be a mapping of keys")
-        hints = get_type_hints(cls)
-        known = {f.name for f in dataclasses.fields(cls)}
-        for key in values:
-            _check(key in known, f"{source}: unknown key '{section}.{key}'; valid keys: {', '.join(sorted(known))}")
-        parts[section] = cls(**{k: _coerce(section, k, v, hints[k]) for k, v in values.items()})
+        parts[section] = section_from_dict(globals()[cls] if isinstance(cls, str) else cls, section, values, source)
     return Config(**parts)
+
+
+def section_from_dict(cls, section: str, values: Any, source: str):
+    """One section's dataclass from a mapping, refusing unknown keys by name and coercing each value."""
+    values = values or {}
+    _check(isinstance(values, dict), f"{source}: section '{section}' must be a mapping of keys")
+    hints = get_type_hints(cls)
+    known = {f.name for f in dataclasses.fields(cls)}
+    for key in values:
+        _check(key in known, f"{source}: unknown key '{section}.{key}'; valid keys: {', '.join(sorted(known))}")
+    return cls(**{k: _coerce(section, k, v, hints[k]) for k, v in values.items()})
 
 
 def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
@@ -278,15 +288,20 @@ def load(path: str | None, overrides: list[str] | None = None) -> Config:
     raw: dict[str, Any] = {k: dict(v) for k, v in EMBEDDED_DEFAULT.items()} if path is None else {}
     source = "embedded default"
     if path is not None:
-        p = Path(path)
-        _check(p.is_file(), f"config file {path} does not exist; give a YAML file, e.g. configs/babi.yaml")
-        try:
-            raw = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
-        except (yaml.YAMLError, UnicodeDecodeError) as e:
-            first = str(e).splitlines()[0] if str(e) else type(e).__name__
-            raise UserError(f"config file {path} is not valid YAML ({first}); fix the syntax") from None
+        raw = read_yaml(path, "configs/babi.yaml")
         source = str(path)
     return from_dict(apply_overrides(raw, overrides or []), source)
+
+
+def read_yaml(path: str, example: str) -> Any:
+    """A YAML config file's contents ({} when empty); a missing or malformed file is refused in one line."""
+    p = Path(path)
+    _check(p.is_file(), f"config file {path} does not exist; give a YAML file, e.g. {example}")
+    try:
+        return yaml.safe_load(p.read_text(encoding="utf-8")) or {}
+    except (yaml.YAMLError, UnicodeDecodeError) as e:
+        first = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise UserError(f"config file {path} is not valid YAML ({first}); fix the syntax") from None
 
 
 def to_dict(cfg: Config) -> dict[str, Any]:

@@ -23,8 +23,9 @@ from typing import Any
 
 import yaml
 
-from router.config import _check, _coerce, apply_overrides, from_dict, to_dict
+from router.config import _check, apply_overrides, from_dict, read_yaml, section_from_dict, to_dict
 from router.errors import UserError
+from router.export import _atomic_text
 
 # Arm name -> what it changes in the base config. "reward" gets policy.path filled in by the experiment.
 ARMS: dict[str, dict[str, Any]] = {
@@ -68,34 +69,16 @@ class ExperimentConfig:
                    f"experiment.extra_arms.{arm} must map section.key to a value, e.g. {{policy.name: random}}")
 
 
-def _experiment_config(raw: Any, source: str) -> ExperimentConfig:
-    from typing import get_type_hints
-
-    raw = raw or {}
-    _check(isinstance(raw, dict), f"{source}: section 'experiment' must be a mapping of keys")
-    hints = get_type_hints(ExperimentConfig)
-    known = {f.name for f in dataclasses.fields(ExperimentConfig)}
-    for key in raw:
-        _check(key in known, f"{source}: unknown key 'experiment.{key}'; valid keys: {', '.join(sorted(known))}")
-    return ExperimentConfig(**{k: _coerce("experiment", k, v, hints[k]) for k, v in raw.items()})
-
-
 def load_experiment(path: str, overrides: list[str] | None = None) -> tuple[ExperimentConfig, dict[str, Any]]:
     """(experiment settings, the base run config as a dict) from one YAML file; the run part is validated whole."""
-    p = Path(path)
-    _check(p.is_file(), f"config file {path} does not exist; give a YAML file, e.g. configs/experiments/babi.yaml")
-    try:
-        raw = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
-    except (yaml.YAMLError, UnicodeDecodeError) as e:
-        first = str(e).splitlines()[0] if str(e) else type(e).__name__
-        raise UserError(f"config file {path} is not valid YAML ({first}); fix the syntax") from None
+    raw = read_yaml(path, "configs/experiments/babi.yaml")
     _check(isinstance(raw, dict), f"{path}: the top level must be a mapping of sections")
     exp_overrides = [o for o in overrides or [] if o.startswith("experiment.")]
     run_overrides = [o for o in overrides or [] if not o.startswith("experiment.")]
     merged = apply_overrides(raw, exp_overrides)
-    exp = _experiment_config(merged.pop("experiment", None), path)
+    exp = section_from_dict(ExperimentConfig, "experiment", merged.pop("experiment", None), path)
     if exp.name is None:
-        exp.name = p.stem
+        exp.name = Path(path).stem
     base = to_dict(from_dict(apply_overrides({k: v for k, v in raw.items() if k != "experiment"}, run_overrides), path))
     base["run"]["progress"] = False  # runs write to log files; their progress is the experiment's one line a run
     for arm in exp.arms:  # every arm's config must be valid before the first run starts
@@ -145,9 +128,8 @@ class Experiment:
 
     def run(self) -> dict[str, Any]:
         from router.run import _check_disk
-        from router.config import from_dict as build
 
-        cfg = build(self.base)
+        cfg = from_dict(self.base)
         cfg.run.out_dir = str(self.root)
         _check_disk(cfg)
         self.root.mkdir(parents=True, exist_ok=True)
@@ -155,8 +137,8 @@ class Experiment:
         text = yaml.safe_dump(self.base, sort_keys=False)
         if self.config_path.exists() and self.config_path.read_text(encoding="utf-8") != text:
             raise UserError(f"{self.root} holds an experiment with another config; choose another experiment.name or out_dir, or delete the folder")
-        self._write(self.config_path, text)
-        self._write(self.root / "experiment.yaml", yaml.safe_dump(dataclasses.asdict(self.exp), sort_keys=False))
+        _atomic_text(self.config_path, text)
+        _atomic_text(self.root / "experiment.yaml", yaml.safe_dump(dataclasses.asdict(self.exp), sort_keys=False))
         total = len(self.jobs_list)
         self.echo(f"experiment {self.exp.name}: {len(self.exp.arms)} arms x {len(self.exp.seeds)} seeds = {total} runs in {self.root} ({self.jobs} at a time)")
         threads = max(1, (os.cpu_count() or 1) // self.jobs)
@@ -244,12 +226,6 @@ class Experiment:
             else:
                 self.echo(f"{head}: {job.status}: {job.error}")
 
-    @staticmethod
-    def _write(path: Path, text: str) -> None:
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(text, encoding="utf-8")
-        os.replace(tmp, path)
-
     # ------------------------------------------------------------------------------------------------ results
 
     def results(self) -> dict[str, Any]:
@@ -260,8 +236,8 @@ class Experiment:
                           draws=self.exp.bootstrap, confidence=self.exp.confidence)
         if self.note:
             table["note"] = self.note
-        self._write(self.root / "results.json", json.dumps(table, indent=2))
-        self._write(self.root / "results.md", markdown_table([table]))
+        _atomic_text(self.root / "results.json", json.dumps(table, indent=2))
+        _atomic_text(self.root / "results.md", markdown_table([table]))
         return table
 
 
@@ -281,8 +257,8 @@ def run_experiments(paths: list[str], overrides: list[str], jobs: int, out: str 
         from report.stats import markdown_table
 
         root = Path(loaded[0][0].out_dir)
-        Experiment._write(root / "results.json", json.dumps(tables, indent=2))
-        Experiment._write(root / "results.md", markdown_table(tables))
+        _atomic_text(root / "results.json", json.dumps(tables, indent=2))
+        _atomic_text(root / "results.md", markdown_table(tables))
         echo(f"combined results: {root / 'results.md'}")
     if failed:
         raise UserError(f"{len(failed)} run(s) did not finish ({', '.join(failed[:6])}{', ...' if len(failed) > 6 else ''}); "

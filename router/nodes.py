@@ -182,10 +182,10 @@ def make_nodes(ctx: RunContext) -> dict[str, Any]:
         prompts = state["prompts"]
         current = [(system_for(state, prompts[i]), prompts[i]["question"]) for i in symbolic]
         # Every process joins the generation; only the main process calls the rewriter, then shares the result.
-        if cfg.rewriter.strategy == "rules":  # the rules read only the question: generating answers would be wasted
-            answers = [""] * len(current)
-        else:
+        if cfg.rewriter.calls_model:
             answers = ctx.trainer.generate(current, cfg.train.max_new_tokens, cfg.train.eval_batch_size)
+        else:
+            answers = [""] * len(current)
         rows, update = rewrite_round(state, epoch, symbolic, current, answers) if ctx.trainer.is_main else ([], {})
         rows, update = ctx.broadcast((rows, update))
         ctx.store.add_rewrites(rows)
@@ -202,16 +202,15 @@ def make_nodes(ctx: RunContext) -> dict[str, Any]:
         if ctx.policy.optimizes_shared_system:
             system = state.get("shared_system") or ctx.train[0].system
             examples = [(q, a, by_id[i].answer) for i, (_, q), a in zip(symbolic, current, answers)][:8]
-            if cfg.rewriter.strategy == "rules":
+            if cfg.rewriter.calls_model:
+                res, label = optimize_system_prompt(system, examples, ctx.engine), "textgrad-system"
+            else:
                 from rewriter.strategies.rules import shared_system
 
-                res = shared_system(system, cfg.task.name)
-            else:
-                res = optimize_system_prompt(system, examples, ctx.engine)
+                res, label = shared_system(system, cfg.task.name), "rules-system"
             if res.verdict == "accepted" and res.new_system:
                 update["shared_system"] = res.new_system
-            rows.append(rewrite_row(epoch, "*system*", epoch, system, "", "\n".join(answers[:8]),
-                                    f"{'rules' if cfg.rewriter.strategy == 'rules' else 'textgrad'}-system", res, None))
+            rows.append(rewrite_row(epoch, "*system*", epoch, system, "", "\n".join(answers[:8]), label, res, None))
             return rows, update
         from rewriter.budget import cost_of
         from rewriter.pool import rewrite_many

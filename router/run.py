@@ -86,7 +86,8 @@ def run(cfg: Config, resume_dir: Path | None = None) -> dict[str, Any]:
     dist = PartialState(cpu=not torch.cuda.is_available())
     main = dist.is_main_process
     engine = None
-    if symbolic and cfg.rewriter.engine == "openai" and cfg.rewriter.strategy != "rules" and main:
+    wants_engine = symbolic and main and cfg.rewriter.calls_model
+    if wants_engine and cfg.rewriter.engine == "openai":
         from rewriter.engines import build_engine
 
         engine = build_engine(cfg.rewriter)
@@ -108,8 +109,7 @@ def run(cfg: Config, resume_dir: Path | None = None) -> dict[str, Any]:
     torch.manual_seed(cfg.train.seed)
     model, tokenizer, source = load_model(cfg.model.name_or_path, cfg.model.gguf_file, cfg.model.cache_dir)
     _check_lengths(tokenizer, train + heldout, cfg)
-    # The rules strategy calls no model, so it loads none.
-    if symbolic and engine is None and main and cfg.rewriter.engine == "local" and cfg.rewriter.strategy != "rules":
+    if wants_engine and cfg.rewriter.engine == "local":
         from rewriter.engines import build_engine
 
         # The local rewriter is a second copy of the base model: rewriting with the adapter being trained

@@ -47,7 +47,7 @@ def plan_transfer(data: str, model: str, seeds: list[int], out: str, name: str |
     exp = ExperimentConfig(name=name or f"transfer-{run_dir.name}-to-{model_tag}", out_dir=out, arms=["original", "augmented"],
                            extra_arms={"original": {}, "augmented": {"task.prompts_from": prompts}},
                            seeds=list(seeds), baseline="original")
-    return exp, base, rewritten
+    return exp, base, run_dir, rewritten
 
 
 def _rewritten_count(path: Path) -> int:
@@ -60,8 +60,8 @@ def transfer(data: str, model: str, seeds: list[int], out: str, name: str | None
              jobs: int = 1, echo=print) -> dict[str, Any]:
     from router.experiment import Experiment
 
-    exp, base, rewritten = plan_transfer(data, model, seeds, out, name, overrides)
-    note = (f"transfer: {model} trained on the original prompts vs the prompts of {source_run(data)} "
+    exp, base, run_dir, rewritten = plan_transfer(data, model, seeds, out, name, overrides)
+    note = (f"transfer: {model} trained on the original prompts vs the prompts of {run_dir} "
             f"({rewritten} of {base['task']['n_train']} training prompts rewritten); both answer the original held-out prompts")
     echo(note)
     table = Experiment(exp, base, jobs=jobs, echo=echo, note=note).run()

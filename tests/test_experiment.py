@@ -3,7 +3,6 @@ every arm x seed is a real run folder, the table is reproducible, held-out sampl
 rewritten in any arm, and the transfer arms train on exactly the prompts they claim to."""
 
 import json
-import sqlite3
 
 import numpy as np
 import pytest
@@ -12,22 +11,13 @@ import yaml
 
 from report.stats import mean_std, paired_bootstrap
 from router.cli import main
-from test_e2e import tiny_dir  # noqa: F401  (fixture)
+from test_e2e import rows, tiny_dir  # noqa: F401  (tiny_dir: fixture)
 from test_reward import tiny_backbone  # noqa: F401  (fixture)
 
 torch.set_num_threads(1)
 
 ARMS = ["lora-only", "textgrad-only", "loss-ratio", "grad-norm", "reward", "loss-ratio+system", "random"]
 SEEDS = [0, 1]
-
-
-def rows(run_dir, sql):
-    db = sqlite3.connect(run_dir / "run.sqlite")
-    db.row_factory = sqlite3.Row
-    try:
-        return [dict(r) for r in db.execute(sql)]
-    finally:
-        db.close()
 
 
 def write_experiment(path, tiny_dir, backbone, arms=ARMS, seeds=SEEDS, **experiment):
