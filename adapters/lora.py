@@ -13,7 +13,7 @@ from contextlib import contextmanager
 import torch
 from torch import nn
 
-from router.config import LoraConfig
+from adapters.config import LoraConfig
 
 
 def wrap(model, cfg: LoraConfig, seed: int):

@@ -11,7 +11,7 @@ import os
 import shutil
 from pathlib import Path
 
-from router.errors import UserError
+from core.errors import UserError
 
 DEFAULT_MODEL = "smollm2-135m-instruct"
 _SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"

@@ -1,4 +1,4 @@
-"""Per-sample training signals as pure functions: loss, correctness, C1, saturation, least-progress ranking.
+"""Per-sample training signals as pure functions: loss, correctness, C1, saturation.
 
 Everything here works on tensors or plain numbers and is tested without a trainer.
 """
@@ -53,16 +53,3 @@ def is_saturated(c1_by_epoch: list[dict[str, float | None]], misclassified: set[
         return False, None
     median = statistics.median(values)
     return median < k, median
-
-
-def budget_count(n: int, p: float) -> int:
-    """How many of n samples a share p routes: at least one when p > 0 and n > 0, never more than n."""
-    if n <= 0 or p <= 0:
-        return 0
-    return min(n, max(1, round(n * p)))
-
-
-def least_progress(c1: dict[str, float | None], ids: list[str], p: float) -> list[str]:
-    """The p share of `ids` with the least progress (largest C1: the loss fell least or rose), ties by id."""
-    scored = sorted(ids, key=lambda i: (-(c1.get(i) if c1.get(i) is not None else -math.inf), i))
-    return scored[: budget_count(len(ids), p)]

@@ -2,7 +2,7 @@
 
     python bench/grad_norm.py                      # SmolLM2-135M and a tiny model, batch 8
     python bench/grad_norm.py --model tiny --steps 20
-    python bench/grad_norm.py --model random-llama-1b --batch 8    # on a GPU machine: no weights needed
+    python bench/grad_norm.py --model random-llama-1b --batch 8 --dtype bfloat16   # on a GPU machine: no weights needed
 
 Prints one JSON line per model. Modes run interleaved in one process (the machine is shared and noisy), so the
 ratios compare like with like; the median over rounds is reported. Peak memory is the resident-set high-water
@@ -29,7 +29,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 MODES = ("off", "fast", "naive")
 
 
-def setup(model_name: str, batch: int):
+def setup(model_name: str, batch: int, dtype: str = "float32"):
     import torch
 
     from adapters.lora import wrap
@@ -47,6 +47,7 @@ def setup(model_name: str, batch: int):
         from adapters.model import load_model
 
         model, tok, _ = load_model(model_name)
+    model = model.to(getattr(torch, dtype))
     _, train, _ = load_task(TaskConfig(name="babi", n_train=batch, n_heldout=1, seed=0))
     items = [Item(s.id, s.system, s.question, s.target) for s in train]
     lora = LoraConfig(r=8, alpha=16, target_modules=["q_proj", "k_proj", "v_proj", "o_proj"])
@@ -85,11 +86,11 @@ def trainer_for(model, tok, mode):
     return Trainer(copy.deepcopy(model), tok, lr=1e-4, grad_norm=mode)
 
 
-def timings(model_name: str, batch: int, steps: int) -> dict:
+def timings(model_name: str, batch: int, steps: int, dtype: str = "float32") -> dict:
     import torch
 
     torch.set_num_threads(int(os.environ.get("BENCH_THREADS", "2")))
-    model, tok, items = setup(model_name, batch)
+    model, tok, items = setup(model_name, batch, dtype)
     trainers = {m: trainer_for(model, tok, m) for m in MODES}
     for t in trainers.values():  # warm-up
         t.step(items)
@@ -107,17 +108,18 @@ def timings(model_name: str, batch: int, steps: int) -> dict:
     }
 
 
-def peak_rss_mb(model_name: str, batch: int, mode: str) -> float:
-    out = subprocess.run([sys.executable, __file__, "--model", model_name, "--batch", str(batch), "--memory-mode", mode],
+def peak_rss_mb(model_name: str, batch: int, mode: str, dtype: str = "float32") -> float:
+    out = subprocess.run([sys.executable, __file__, "--model", model_name, "--batch", str(batch), "--memory-mode", mode,
+                          "--dtype", dtype],
                          capture_output=True, text=True, check=True)
     return float(out.stdout.strip().splitlines()[-1])
 
 
-def memory_child(model_name: str, batch: int, mode: str) -> None:
+def memory_child(model_name: str, batch: int, mode: str, dtype: str = "float32") -> None:
     import torch
 
     torch.set_num_threads(int(os.environ.get("BENCH_THREADS", "2")))
-    model, tok, items = setup(model_name, batch)
+    model, tok, items = setup(model_name, batch, dtype)
     from adapters.train import Trainer
 
     trainer = Trainer(model, tok, lr=1e-4, grad_norm=mode)
@@ -147,20 +149,21 @@ def main() -> None:
     parser.add_argument("--model", action="append", help="smollm2-135m-instruct, tiny, or a model path (repeatable)")
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--steps", type=int, default=7)
+    parser.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32", help="weights and activations of the base model")
     parser.add_argument("--memory-mode", choices=MODES, help=argparse.SUPPRESS)
     args = parser.parse_args()
     models = args.model or ["tiny", "smollm2-135m-instruct"]
     if args.memory_mode:
-        memory_child(models[0], args.batch, args.memory_mode)
+        memory_child(models[0], args.batch, args.memory_mode, args.dtype)
         return
     for name in models:
         import torch
 
-        result = {"bench": "grad_norm", "model": name, "batch": args.batch, "steps": args.steps,
+        result = {"bench": "grad_norm", "model": name, "batch": args.batch, "steps": args.steps, "dtype": args.dtype,
                   "device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
                   "peak_memory": "cuda max_memory_allocated" if torch.cuda.is_available() else "process VmHWM"}
-        result.update(timings(name, args.batch, args.steps))
-        result["peak_mb"] = {m: round(peak_rss_mb(name, args.batch, m), 1) for m in MODES}
+        result.update(timings(name, args.batch, args.steps, args.dtype))
+        result["peak_mb"] = {m: round(peak_rss_mb(name, args.batch, m, args.dtype), 1) for m in MODES}
         print(json.dumps(result), flush=True)
 
 

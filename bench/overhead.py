@@ -66,6 +66,8 @@ def routed_epoch(base, tok, task, train, heldout, cfg) -> float:
     from adapters.lora import wrap
     from adapters.train import Trainer
     from policies import build
+    from rewriter.round import Rewriter
+    from router import nodes
     from router.graph import build_graph
     from router.nodes import RunContext
     from router.store import Store
@@ -75,10 +77,10 @@ def routed_epoch(base, tok, task, train, heldout, cfg) -> float:
         model = wrap(copy.deepcopy(base), cfg.lora, seed=cfg.train.seed)
         trainer = Trainer(model, tok, lr=cfg.train.lr)
         policy = build(cfg.policy.name, {}, p=cfg.saturation.p, seed=0)
-        ctx = RunContext(cfg=cfg, task=task, train=train, heldout=heldout, trainer=trainer, store=store,
-                         policy=policy, engine=None)
-        nodes_ran = []
-        graph = build_graph(ctx, lambda state: nodes_ran.append("export") or {})
+        ctx = RunContext(cfg=cfg, task=task, score=task.score, train=train, heldout=heldout, trainer=trainer,
+                         store=store, policy=policy, rewriter=Rewriter.plan(cfg.rewriter, task=task.name))
+        nodes.export = lambda state, ctx: {}  # the timed span is the epoch; writing the run's outputs is not in it
+        graph = build_graph(ctx)
         # Start after the epoch-0 evaluation: the timed span is train_epoch → monitor → decide* → rewrite.
         state = {"epoch": 0, "prompts": {s.id: {"system": s.system, "question": s.question, "version": 0} for s in train},
                  "shared_system": None, "decisions": None, "accuracy": {}}

@@ -44,6 +44,37 @@ def questions(n: int) -> list[tuple[str, str]]:
              f"{names[i % 8]} have now?", str(i + 3 + i % 5 + 2)) for i in range(n)]
 
 
+def _rounds(args, jobs):
+    """(results, seconds, HTTP chat calls) of textgrad's own one-by-one loop, a concurrent round, and its cached rerun."""
+    from fake_openai import FakeOpenAI
+
+    from rewriter.cache import CachedEngine
+    from rewriter.engines import OpenAIEngine
+    from rewriter.pool import rewrite_many
+    from rewriter.strategies import STRATEGIES
+
+    with FakeOpenAI(latency=args.latency) as srv:
+        def timed(run):
+            """(results, seconds, HTTP chat calls) of one round."""
+            before = len(srv.chat_requests())
+            start = time.perf_counter()
+            results = run()
+            return results, time.perf_counter() - start, len(srv.chat_requests()) - before
+
+        def engine():
+            return OpenAIEngine(base_url=srv.base_url, model="fake", max_retries=0, timeout=30)
+
+        textgrad = STRATEGIES["textgrad"]()
+        # textgrad's own loop: one sample after another
+        seq = timed(lambda: [textgrad.rewrite(s, ctx) for s, ctx in jobs(engine())])
+        cache_path = os.path.join(_TMP, "rewrites.sqlite")
+        par = timed(lambda: rewrite_many(jobs(CachedEngine(engine(), cache_path)), "textgrad",
+                                          concurrency=args.concurrency))
+        again = timed(lambda: rewrite_many(jobs(CachedEngine(engine(), cache_path)), "textgrad",
+                                           concurrency=args.concurrency))
+    return seq, par, again
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--n", type=int, default=64)
@@ -55,13 +86,9 @@ def main() -> None:
     import torch
 
     torch.set_num_threads(1)
-    from fake_openai import FakeOpenAI
-
     from rewriter import guard
-    from rewriter.cache import CachedEngine
-    from rewriter.engines import OpenAIEngine, import_textgrad
-    from rewriter.pool import rewrite_many
-    from rewriter.strategies import STRATEGIES, RewriteContext
+    from rewriter.engines import import_textgrad
+    from rewriter.strategies import RewriteContext
     from tasks.base import Sample
 
     import_textgrad()
@@ -75,26 +102,7 @@ def main() -> None:
         return [(s, RewriteContext(engine, system, s.question, s.answer, "12")) for s in samples]
 
     out: dict = {"n": args.n, "latency_s": args.latency, "concurrency": args.concurrency, "strategy": "textgrad"}
-    with FakeOpenAI(latency=args.latency) as srv:
-        def timed(run):
-            """(results, seconds, HTTP chat calls) of one round."""
-            before = len(srv.chat_requests())
-            start = time.perf_counter()
-            results = run()
-            return results, time.perf_counter() - start, len(srv.chat_requests()) - before
-
-        def engine():
-            return OpenAIEngine(base_url=srv.base_url, model="fake", max_retries=0, timeout=30)
-
-        textgrad = STRATEGIES["textgrad"]
-        # textgrad's own loop: one sample after another
-        seq, t_seq, seq_calls = timed(lambda: [textgrad(s, ctx) for s, ctx in jobs(engine())])
-        cache_path = os.path.join(_TMP, "rewrites.sqlite")
-        par, t_par, par_calls = timed(lambda: rewrite_many(jobs(CachedEngine(engine(), cache_path)), "textgrad",
-                                                           concurrency=args.concurrency))
-        again, t_again, again_calls = timed(lambda: rewrite_many(jobs(CachedEngine(engine(), cache_path)), "textgrad",
-                                                                 concurrency=args.concurrency))
-
+    (seq, t_seq, seq_calls), (par, t_par, par_calls), (again, t_again, again_calls) = _rounds(args, jobs)
     ideal = par_calls * args.latency / args.concurrency
     out.update({
         "sequential_s": round(t_seq, 2), "sequential_calls": seq_calls,

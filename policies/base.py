@@ -6,11 +6,12 @@ its threshold to a budget) and returns self; learned attributes end in `_`. `dec
 
 from __future__ import annotations
 
-import importlib
 import inspect
 import math
 from dataclasses import asdict, dataclass, field
 from typing import Any, ClassVar, Literal
+
+from core import plugins
 
 Route = Literal["numerical", "symbolic"]
 
@@ -46,19 +47,20 @@ class SampleView:
 class Policy:
     """Base class. Subclasses set `name` and implement `decide`; override `calibrate` to learn thresholds.
 
-    Class attributes tell the router how to run the arm: `trains_weights=False` means no LoRA step at all
-    (the pure-symbolic baseline); `needs_saturation=False` means route every epoch, saturated or not.
+    Class attributes declare what the policy does; the router reads them and never the policy's name:
+    `routes_symbolic=False`: it never sends a sample symbolic (no rewriter engine is built for it);
+    `trains_weights=False`: no LoRA step at all (the pure-symbolic baseline); `needs_saturation=False`: route
+    every epoch, saturated or not; `optimizes_shared_system=True`: a symbolic round updates the one system prompt
+    P shared by every sample (the strategy's `update_system`) instead of rewriting each sample.
     """
 
     name: ClassVar[str] = ""
+    routes_symbolic: ClassVar[bool] = True
     trains_weights: ClassVar[bool] = True
     needs_saturation: ClassVar[bool] = True
     optimizes_shared_system: ClassVar[bool] = False
 
     def calibrate(self, views: list[SampleView]) -> "Policy":
-        return self
-
-    def fit(self, records: Any) -> "Policy":
         return self
 
     def decide(self, view: SampleView) -> Decision:
@@ -73,6 +75,14 @@ class Policy:
         return f"{type(self).__name__}({args})"
 
 
+def budget_count(n: int, p: float) -> int:
+    """The routing budget: how many of n candidates a share p routes symbolic (at least one when p > 0 and n > 0,
+    never more than n). Every built-in policy and the dry-run estimate count with it."""
+    if n <= 0 or p <= 0:
+        return 0
+    return min(n, max(1, round(n * p)))
+
+
 REGISTRY: dict[str, type[Policy]] = {}
 
 
@@ -83,36 +93,13 @@ def register(cls: type[Policy]) -> type[Policy]:
 
 def resolve(name: str) -> type[Policy]:
     """A registered name, or a user's class as 'package.module:ClassName'."""
-    if name in REGISTRY:
-        return REGISTRY[name]
-    if ":" not in name:
-        raise ValueError(f"policy.name={name!r} is not a built-in ({', '.join(sorted(REGISTRY))}); name your own class as 'package.module:ClassName'")
-    module_name, _, attr = name.partition(":")
-    try:
-        module = importlib.import_module(module_name)
-    except ImportError as e:
-        raise ValueError(f"policy.name={name!r}: module {module_name!r} cannot be imported ({e}); put it on PYTHONPATH or install it") from None
-    cls = getattr(module, attr, None)
-    if cls is None:
-        raise ValueError(f"policy.name={name!r}: {module_name} has no {attr!r}; check the class name")
-    if not (isinstance(cls, type) and callable(getattr(cls, "decide", None))):
-        raise ValueError(f"policy.name={name!r} is not a class with a decide(view) method")
-    return cls
+    return plugins.resolve("policy.name", name, REGISTRY, "a class with a decide(view) method",
+                           accept=lambda obj: isinstance(obj, type) and callable(getattr(obj, "decide", None)))
 
 
 def build(name: str, params: dict[str, Any], p: float, seed: int) -> Policy:
     """Instantiate a policy; `p` and `seed` are passed when its __init__ takes them and params do not set them."""
-    cls = resolve(name)
-    sig = inspect.signature(cls.__init__)
-    kwargs = dict(params)
-    if "p" in sig.parameters and "p" not in kwargs:
-        kwargs["p"] = p
-    if "seed" in sig.parameters and "seed" not in kwargs:
-        kwargs["seed"] = seed
-    try:
-        return cls(**kwargs)
-    except TypeError as e:
-        raise ValueError(f"policy.params {sorted(params)} do not fit {cls.__name__}: {e}") from None
+    return plugins.instantiate("policy.params", resolve(name), params, p=p, seed=seed)
 
 
 def check_policy(policy: Policy, views: list[SampleView] | None = None) -> None:
@@ -123,6 +110,8 @@ def check_policy(policy: Policy, views: list[SampleView] | None = None) -> None:
     views = views if views is not None else example_views()
     before = [asdict(v) for v in views]
     params = dict(vars(policy))
+    for flag in ("routes_symbolic", "trains_weights", "needs_saturation", "optimizes_shared_system"):
+        assert isinstance(getattr(policy, flag, None), bool), f"{type(policy).__name__}.{flag} must be a bool class attribute"
     assert not [k for k in params if k.endswith("_")], f"{type(policy).__name__}.__init__ must only store settings (found learned {[k for k in params if k.endswith('_')]})"
     assert policy.calibrate(views) is policy, "calibrate must return self"
     decisions = [policy.decide(v) for v in views]

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import hashlib
 
-from adapters.signals import budget_count
-from policies.base import Decision, Policy, register
+from policies.base import Decision, Policy, budget_count, register
 
 
 @register
@@ -13,6 +12,7 @@ class LoraOnlyPolicy(Policy):
     """Plain LoRA: every sample stays numerical."""
 
     name = "lora-only"
+    routes_symbolic = False
 
     def decide(self, view):
         return Decision("numerical", 1.0, "lora-only never rewrites", "rule")

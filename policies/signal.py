@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import math
 
-from adapters.signals import budget_count
-from policies.base import Decision, Policy, SampleView, register
+from policies.base import Decision, Policy, SampleView, budget_count, register
 
 
 class _Ranked(Policy):

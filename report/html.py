@@ -15,6 +15,7 @@ from typing import Any
 
 from report import data as D
 from report import plots
+from report.fmt import cost, pct
 
 CSS = """
 :root { --fg:#1d2430; --muted:#5b6675; --line:#dde2e8; --bg:#f6f8fa; --card:#fff; --accent:#1f5fa8;
@@ -74,14 +75,6 @@ def _fmt(v: Any, digits: int = 4) -> str:
     return escape(str(v))
 
 
-def _pct(v: float | None) -> str:
-    return "—" if v is None else f"{v:.1%}"
-
-
-def _cost(v: float | None) -> str:
-    return "n/a" if v is None else f"${v:.4f}"
-
-
 def _table(headers: list[str], rows: list[list[str]], numeric: set[int] = frozenset(), row_class=None) -> str:
     """rows hold already-escaped HTML cells."""
     th = "".join(f'<th class="n">{escape(h)}</th>' if i in numeric else f"<th>{escape(h)}</th>" for i, h in enumerate(headers))
@@ -127,13 +120,13 @@ def _overview(run: D.Run) -> str:
     v = D.verdict_counts(run)
     sat = s["saturated_epochs"]
     items = [
-        ("held-out accuracy", f"{_pct(s['accuracy_before'])} → {_pct(s['accuracy_final'])}" if acc else "—"),
+        ("held-out accuracy", f"{pct(s['accuracy_before'])} → {pct(s['accuracy_final'])}" if acc else "—"),
         ("epochs trained", str(s["epochs"])),
         ("saturated at epoch", ", ".join(map(str, sat)) if sat else "never"),
         ("routed symbolic", str(s["symbolic"])),
         ("rewrites accepted", f"{v.get('accepted', 0)} / {len(run.rewrites)}"),
         ("LLM calls", str(u["calls"])),
-        ("cost", _cost(u["cost"])),
+        ("cost", cost(u["cost"])),
         ("training time", "—" if s["train_seconds"] is None else f"{s['train_seconds']:.1f} s" if s["train_seconds"] < 10
          else f"{s['train_seconds']:.0f} s"),
     ]
@@ -158,10 +151,10 @@ def _training(run: D.Run) -> str:
     rows = []
     sat_rows = []
     if 0 in acc:
-        rows.append(["0", "—", "—", _pct(acc[0]), "—", "", "—", "—", "—"])
+        rows.append(["0", "—", "—", pct(acc[0]), "—", "", "—", "—", "—"])
         sat_rows.append(False)
     for e in D.epoch_table(run):
-        rows.append([str(e["epoch"]), _fmt(e["train_loss"]), _pct(e["train_correct"]), _pct(e["heldout_accuracy"]),
+        rows.append([str(e["epoch"]), _fmt(e["train_loss"]), pct(e["train_correct"]), pct(e["heldout_accuracy"]),
                      _fmt(e["saturation_median"]), "● saturated" if e["saturated"] else "", _fmt(e["symbolic"]),
                      _fmt(e["accepted"]), _fmt(e["seconds"], 1)])
         sat_rows.append(e["saturated"])
@@ -247,7 +240,7 @@ def _rewrites(run: D.Run) -> str:
     u = D.usage(run)
     usage = _table(["LLM calls", "prompt tokens", "completion tokens", "cache hits", "cost", "rewrite seconds"],
                    [[str(u["calls"]), str(u["prompt_tokens"]), str(u["completion_tokens"]), str(u["cache_hits"]),
-                     _cost(u["cost"]), f'{u["seconds"]:.1f}']], numeric={0, 1, 2, 3, 4, 5})
+                     cost(u["cost"]), f'{u["seconds"]:.1f}']], numeric={0, 1, 2, 3, 4, 5})
     cards = "".join(_rewrite_card(r) for r in rs[:MAX_CARDS])
     if len(rs) > MAX_CARDS:
         cards += (f'<p class="note">{len(rs) - MAX_CARDS} more rewrites are not shown; '
@@ -327,11 +320,11 @@ def render_compare(runs: list[D.Run]) -> str:
     sums = [D.summary(r) for r in runs]
     svg = plots.compare_accuracy(runs)
     best = max((s["accuracy_final"] for s in sums if s["accuracy_final"] is not None), default=None)
-    rows = [[escape(s["name"]), escape(s["policy"]), str(s["epochs"]), _pct(s["accuracy_before"]),
-             _pct(s["accuracy_final"]) if s["accuracy_final"] != best else f"<b>{_pct(s['accuracy_final'])}</b>",
-             _pct(s["accuracy_best"]), escape(", ".join(map(str, s["saturated_epochs"])) or "never"),
+    rows = [[escape(s["name"]), escape(s["policy"]), str(s["epochs"]), pct(s["accuracy_before"]),
+             pct(s["accuracy_final"]) if s["accuracy_final"] != best else f"<b>{pct(s['accuracy_final'])}</b>",
+             pct(s["accuracy_best"]), escape(", ".join(map(str, s["saturated_epochs"])) or "never"),
              str(s["symbolic"]), f'{s["accepted"]} / {s["rewrites"]}',
-             _fmt(s["train_seconds"], 1), str(s["calls"]), str(s["tokens"]), _cost(s["cost"])] for s in sums]
+             _fmt(s["train_seconds"], 1), str(s["calls"]), str(s["tokens"]), cost(s["cost"])] for s in sums]
     table = _table(["run", "policy", "epochs", "acc before", "acc final", "acc best", "saturated at", "symbolic",
                     "accepted", "train s", "LLM calls", "tokens", "cost"], rows, numeric={2, 3, 4, 5, 7, 9, 10, 11, 12})
     paths = "".join(f"<li>{escape(s['name'])}: <code>{escape(s['path'])}</code></li>" for s in sums)

@@ -116,6 +116,32 @@ def groups_with_flags(values, flags):
     return list(zip(values, flags))
 
 
+def _saturation_panel(ax, run: D.Run) -> None:
+    """Median |C1| of the misclassified samples per epoch against k, saturated epochs starred."""
+    med = D.median_abs_c1(run)
+    k = D.saturation_k(run)
+    if med:
+        es = sorted(med)
+        ax.plot(es, [med[e] for e in es], "o-", color=PALETTE["loss"], lw=2, label="median |C1| of misclassified")
+        sat = [e["epoch"] for e in run.epochs if e.get("saturated")]
+        if any(e in med for e in sat):
+            ax.plot([e for e in sat if e in med], [med[e] for e in sat if e in med], "*", ms=14, color=PALETTE["sat"],
+                    label="saturated", zorder=5)
+        ax.set_xticks(es)
+        top = max(med.values())
+        if k is not None and k <= 20 * max(top, 1e-9):
+            ax.axhline(k, color=PALETTE["sat"], ls="--", lw=1.5, label=f"k = {k:g}")
+        elif k is not None:
+            ax.text(0.02, 0.03, f"k = {k:g}: off the scale (saturated from min_epoch on)", transform=ax.transAxes,
+                    fontsize=8, va="bottom", color=PALETTE["sat"])
+        ax.legend(frameon=False, fontsize=8, loc="best")
+    else:
+        ax.text(0.5, 0.5, "no misclassified samples with C1", ha="center", va="center", transform=ax.transAxes)
+    ax.margins(x=0.12, y=0.1)
+    ax.set_title("Saturation rule: median |C1| vs k")
+    ax.set_xlabel("epoch")
+
+
 def signal_distributions(run: D.Run) -> str | None:
     by_epoch: dict[str, dict[int, list]] = {"c1": {}, "c2": {}}
     flags: dict[str, dict[int, list]] = {"c1": {}, "c2": {}}
@@ -155,29 +181,7 @@ def signal_distributions(run: D.Run) -> str | None:
         handles.append(Line2D([], [], color=PALETTE["sat"], lw=2.2, label="policy threshold"))
     axes[0].legend(handles=handles, frameon=False, fontsize=8, loc="best")
 
-    med = D.median_abs_c1(run)
-    k = D.saturation_k(run)
-    ax = axes[2]
-    if med:
-        es = sorted(med)
-        ax.plot(es, [med[e] for e in es], "o-", color=PALETTE["loss"], lw=2, label="median |C1| of misclassified")
-        sat = [e["epoch"] for e in run.epochs if e.get("saturated")]
-        if any(e in med for e in sat):
-            ax.plot([e for e in sat if e in med], [med[e] for e in sat if e in med], "*", ms=14, color=PALETTE["sat"],
-                    label="saturated", zorder=5)
-        ax.set_xticks(es)
-        top = max(med.values())
-        if k is not None and k <= 20 * max(top, 1e-9):
-            ax.axhline(k, color=PALETTE["sat"], ls="--", lw=1.5, label=f"k = {k:g}")
-        elif k is not None:
-            ax.text(0.02, 0.03, f"k = {k:g}: off the scale (saturated from min_epoch on)", transform=ax.transAxes,
-                    fontsize=8, va="bottom", color=PALETTE["sat"])
-        ax.legend(frameon=False, fontsize=8, loc="best")
-    else:
-        ax.text(0.5, 0.5, "no misclassified samples with C1", ha="center", va="center", transform=ax.transAxes)
-    ax.margins(x=0.12, y=0.1)
-    ax.set_title("Saturation rule: median |C1| vs k")
-    ax.set_xlabel("epoch")
+    _saturation_panel(axes[2], run)
     fig.tight_layout()
     return to_svg(fig)
 

@@ -93,12 +93,23 @@ def arm_table(name: str, arms: list[str], seeds: list[int], runs: dict[tuple[str
                             "losses": sum(facts[(arm, s)]["final"] < base[s]["final"] for s in paired)}
         rows.append(row)
     n_items = next((len(x["correct"]) for x in facts.values() if x is not None), 0)
-    routes = any(x["policy"] != "lora-only" for x in facts.values() if x is not None)
+    routes = any(_routes_symbolic(x["policy"]) for x in facts.values() if x is not None)
     return {"name": name, "routes": routes, "task": config.get("task", {}).get("name"), "model": config.get("model", {}).get("name_or_path"),
             "strategy": config.get("rewriter", {}).get("strategy"), "engine": config.get("rewriter", {}).get("engine"),
             "n_train": config.get("task", {}).get("n_train"), "n_heldout": n_items, "epochs": config.get("train", {}).get("epochs"),
             "p": config.get("saturation", {}).get("p"), "baseline": baseline, "seeds": seeds, "confidence": confidence,
             "bootstrap": draws, "arms": rows}
+
+
+def _routes_symbolic(policy_name: str) -> bool:
+    """What the arm's policy class declares (a class that cannot be imported here counts as routing)."""
+    from core.errors import UserError
+    from policies import resolve
+
+    try:
+        return bool(resolve(policy_name).routes_symbolic)
+    except UserError:
+        return True
 
 
 # ------------------------------------------------------------------------------------------------ markdown

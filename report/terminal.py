@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from report import data as D
+from report.fmt import cost, pct
 
 
 def _num(v: Any, fmt: str = "{:.4f}") -> str:
@@ -15,14 +16,6 @@ def _num(v: Any, fmt: str = "{:.4f}") -> str:
     if isinstance(v, float):
         return fmt.format(v)
     return str(v)
-
-
-def _pct(v: float | None) -> str:
-    return "—" if v is None else f"{v:.1%}"
-
-
-def _cost(v: float | None) -> str:
-    return "n/a" if v is None else f"${v:.4f}"
 
 
 def _console(console=None):
@@ -48,7 +41,7 @@ def inspect_tables(run: D.Run) -> list:
     head.append(f"policy {run.policy} · task {task.get('name', '?')} · model {model} · "
                 f"{len(run.train_ids)} train / {sum(s['split'] == 'heldout' for s in run.samples)} held-out samples\n")
     if acc:
-        head.append(f"held-out accuracy {_pct(acc.get(0))} → {_pct(acc[max(acc)])}", style="bold green")
+        head.append(f"held-out accuracy {pct(acc.get(0))} → {pct(acc[max(acc)])}", style="bold green")
     if run.metrics is None:
         head.append("  (no metrics.json: the run has not finished)", style="yellow")
     out.append(head)
@@ -60,14 +53,32 @@ def inspect_tables(run: D.Run) -> list:
         t.add_column(col, justify=just, no_wrap=True)
     t.caption = "train ok: training samples correct · sat.: saturated (routing round) · symb./acc.: routed symbolic / rewrites accepted"
     if 0 in acc:
-        t.add_row("0", "—", "—", _pct(acc[0]), "—", "", "—", "—", "—", style="dim")
+        t.add_row("0", "—", "—", pct(acc[0]), "—", "", "—", "—", "—", style="dim")
     for e in D.epoch_table(run):
-        t.add_row(str(e["epoch"]), _num(e["train_loss"]), _pct(e["train_correct"]), _pct(e["heldout_accuracy"]),
+        t.add_row(str(e["epoch"]), _num(e["train_loss"]), pct(e["train_correct"]), pct(e["heldout_accuracy"]),
                   _num(e["saturation_median"]), "●" if e["saturated"] else "", _num(e["symbolic"]),
                   _num(e["accepted"]), _num(e["seconds"], "{:.0f}"),
                   style="bold" if e["saturated"] else None)
     out.append(t)
 
+    out += _routing_tables(run)
+
+    u = D.usage(run)
+    t = Table(title="LLM usage (rewriter)", title_justify="left", header_style="bold")
+    for col in ("calls", "prompt tok", "compl. tok", "cache hits", "cost", "rewrite s"):
+        t.add_column(col, justify="right", no_wrap=True)
+    t.add_row(str(u["calls"]), str(u["prompt_tokens"]), str(u["completion_tokens"]), str(u["cache_hits"]),
+              cost(u["cost"]), f"{u['seconds']:.1f}")
+    out.append(t)
+    return out
+
+
+def _routing_tables(run: D.Run) -> list:
+    """Decisions by path per epoch, and rewrites by verdict and reason."""
+    from rich.table import Table
+    from rich.text import Text
+
+    out: list = []
     routes = D.routes_by_epoch(run)
     if routes:
         t = Table(title="Routing decisions by path", title_justify="left", header_style="bold")
@@ -93,14 +104,6 @@ def inspect_tables(run: D.Run) -> list:
         for r in D.rewrite_reasons(run):
             t.add_row(Text(r["verdict"], style=colour.get(r["verdict"], "")), r["reason"], str(r["count"]))
         out.append(t)
-
-    u = D.usage(run)
-    t = Table(title="LLM usage (rewriter)", title_justify="left", header_style="bold")
-    for col in ("calls", "prompt tok", "compl. tok", "cache hits", "cost", "rewrite s"):
-        t.add_column(col, justify="right", no_wrap=True)
-    t.add_row(str(u["calls"]), str(u["prompt_tokens"]), str(u["completion_tokens"]), str(u["cache_hits"]),
-              _cost(u["cost"]), f"{u['seconds']:.1f}")
-    out.append(t)
     return out
 
 
@@ -142,8 +145,8 @@ def compare_table(summaries: list[dict[str, Any]]):
         t.add_column(col, justify=just)
     best = max((s["accuracy_final"] for s in summaries if s["accuracy_final"] is not None), default=None)
     for s in summaries:
-        t.add_row(s["name"], s["policy"], str(s["epochs"]), _pct(s["accuracy_before"]), _pct(s["accuracy_final"]),
-                  _pct(s["accuracy_best"]), str(s["symbolic"]), str(s["accepted"]), _num(s["train_seconds"], "{:.1f}"),
-                  str(s["calls"]), str(s["tokens"]), _cost(s["cost"]),
+        t.add_row(s["name"], s["policy"], str(s["epochs"]), pct(s["accuracy_before"]), pct(s["accuracy_final"]),
+                  pct(s["accuracy_best"]), str(s["symbolic"]), str(s["accepted"]), _num(s["train_seconds"], "{:.1f}"),
+                  str(s["calls"]), str(s["tokens"]), cost(s["cost"]),
                   style="bold green" if best is not None and s["accuracy_final"] == best else None)
     return t

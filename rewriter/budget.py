@@ -9,7 +9,7 @@ A call is refused (BudgetExhausted, an EngineError) once any limit has been reac
 exceeded; tokens and cost can overshoot by at most the calls already in flight (a reply's size is only known
 when it arrives). Prices are USD per 1M tokens, (prompt, completion), looked up by the exact model name, then by
 the longest priced name the model starts with followed by "-" ("gpt-4o-2024-08-06" -> "gpt-4o"); local engines
-and unpriced models cost 0 (unpriced models are listed in `unpriced`).
+(and any engine not of kind "openai") and unpriced models cost 0 (unpriced models are listed in `unpriced`).
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from __future__ import annotations
 import threading
 from typing import Any
 
-from rewriter.engines import EngineError, usage_detail_of
+from rewriter.engine import EngineError, engine_kind, usage_detail_of
 
 # USD per 1M tokens (prompt, completion); OpenAI list prices for standard (non-batch) requests.
 DEFAULT_PRICES: dict[str, tuple[float, float]] = {
@@ -31,8 +31,9 @@ class BudgetExhausted(EngineError):
 
 
 def price_of(model: str | None, prices: dict[str, Any] | None = None, kind: str = "openai") -> tuple[float, float] | None:
-    """(prompt, completion) USD per 1M tokens; (0, 0) for local engines; None when the model has no price."""
-    if kind == "local":
+    """(prompt, completion) USD per 1M tokens; (0, 0) for engines not of kind "openai" (local ones, and yours
+    unless they declare kind "openai"); None when the model has no price."""
+    if kind != "openai":
         return 0.0, 0.0
     table = DEFAULT_PRICES if prices is None else prices
     model = model or ""
@@ -140,7 +141,7 @@ class BudgetedEngine:
         self.name = getattr(engine, "name", type(engine).__name__)
         ident = engine.identity() if hasattr(engine, "identity") else {}
         self._model = ident.get("model", getattr(engine, "model", None))
-        self._kind = ident.get("kind", getattr(engine, "kind", "openai"))
+        self._kind = engine_kind(engine)
 
     def __repr__(self) -> str:
         return f"BudgetedEngine({self.engine!r})"

@@ -21,7 +21,7 @@ import sqlite3
 import threading
 import time
 
-from rewriter.engines import CONTROL_PARAMS, _messages, usage_detail_of
+from rewriter.engine import CONTROL_PARAMS, to_messages, usage_detail_of
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS replies (
@@ -37,7 +37,7 @@ def identity_of(engine) -> dict:
     """kind, model, base_url of an engine; engines written elsewhere fall back to their class and name."""
     if hasattr(engine, "identity"):
         return dict(engine.identity())
-    return {"kind": type(engine).__name__, "model": getattr(engine, "name", ""), "base_url": None}
+    return {"kind": getattr(engine, "kind", None) or type(engine).__name__, "model": getattr(engine, "name", ""), "base_url": None}
 
 
 def request_key(engine, prompt, system=None, **params) -> str:
@@ -46,7 +46,7 @@ def request_key(engine, prompt, system=None, **params) -> str:
         sampling = engine.request_params(params)
     else:
         sampling = {k: v for k, v in params.items() if k not in CONTROL_PARAMS}
-    payload = {**identity_of(engine), "messages": _messages(prompt, system), "params": sampling}
+    payload = {**identity_of(engine), "messages": to_messages(prompt, system), "params": sampling}
     blob = json.dumps(payload, sort_keys=True, ensure_ascii=False, separators=(",", ":"), default=str)
     return hashlib.sha256(blob.encode()).hexdigest()
 
@@ -141,7 +141,12 @@ class CachedEngine:
             return self.engine.request_params(params)
         return {k: v for k, v in params.items() if k not in CONTROL_PARAMS}
 
-    def _hit(self) -> None:
+    def count_miss(self) -> None:
+        """A request this engine did not answer from the cache (the Batch API path sends it itself)."""
+        with self._lock:
+            self.misses += 1
+
+    def count_hit(self) -> None:
         with self._lock:
             self.hits += 1
         self._local.hits = self.hits_here() + 1
@@ -154,7 +159,7 @@ class CachedEngine:
         while True:
             reply = self.cache.get(key)
             if reply is not None:
-                self._hit()
+                self.count_hit()
                 return reply
             with self._lock:
                 waiting = self._inflight.get(key)
@@ -164,8 +169,7 @@ class CachedEngine:
                 break
             waiting.wait()  # the same request is in flight in another thread: take its reply (or try ourselves)
         try:
-            with self._lock:
-                self.misses += 1
+            self.count_miss()
             reply = self.engine.generate(prompt, system=system, **params)
             self.cache.put(key, self.name, reply)
             return reply

@@ -1,6 +1,6 @@
 """One routing round's rewrites, run concurrently.
 
-    results = rewrite_many([(sample, ctx), ...], "textgrad", concurrency=8, budget=budget, progress=bar)
+    results = rewrite_many([(sample, ctx), ...], TextGradStrategy(), concurrency=8, budget=budget, progress=bar)
 
 One job is one sample's whole strategy (all its TextGrad steps, in order) on one worker thread; jobs run side by
 side up to `concurrency`. Results come back in input order. Per-job `calls`/`tokens` are exact under concurrency
@@ -34,25 +34,21 @@ def _tick(progress, index: int, result: RewriteResult) -> None:
 
 def rewrite_many(
     jobs: list[tuple[Any, Any]],
-    strategy_name: str,
+    strategy: Any,
     concurrency: int = 8,
     budget=None,
     progress: Any = None,
-    strategy: Callable | None = None,
 ) -> list[RewriteResult]:
-    """Rewrite every (sample, RewriteContext) job with the named strategy; results in input order.
+    """Rewrite every (sample, RewriteContext) job with the strategy; results in input order.
 
-    `budget`: a rewriter.budget.Budget; each job's engine is wrapped so that every call is admitted and charged.
-    `progress`: a tqdm-like object (`update(1)` per finished job) or a callable `(index, result)`; called from
-    worker threads as jobs finish. `strategy`: a callable to use instead of STRATEGIES[strategy_name].
+    `strategy`: a Strategy, or a built-in name. `budget`: a rewriter.budget.Budget; each job's engine is wrapped
+    so that every call is admitted and charged. `progress`: a tqdm-like object (`update(1)` per finished job) or
+    a callable `(index, result)`; called from worker threads as jobs finish.
     """
-    from rewriter.strategies import STRATEGIES
+    if isinstance(strategy, str):
+        from rewriter.strategies import build_strategy
 
-    if strategy is None:
-        try:
-            strategy = STRATEGIES[strategy_name]
-        except KeyError:
-            raise ValueError(f"unknown rewrite strategy {strategy_name!r}; choose one of {', '.join(STRATEGIES)}") from None
+        strategy = build_strategy(strategy)
     if concurrency < 1:
         raise ValueError(f"rewrite concurrency={concurrency!r} must be >= 1")
 
@@ -67,7 +63,7 @@ def rewrite_many(
             if getattr(ctx, "engine", None) is not None:
                 ctx = dataclasses.replace(ctx, engine=budget.wrap(ctx.engine))
         try:
-            result = strategy(sample, ctx)
+            result = strategy.rewrite(sample, ctx)
         except Exception as e:  # strategies report their own failures; this catches a broken user strategy
             result = RewriteResult(None, None, 0, 0, "error", failure_reason(e))
         if result.verdict == "error" and "budget exhausted" in result.reason:

@@ -7,7 +7,7 @@ import dataclasses
 import os
 import sys
 
-from router.errors import UserError
+from core.errors import UserError
 
 
 def _config_help() -> str:
@@ -33,17 +33,33 @@ def _experiment_help() -> str:
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="nslora", description="Neurosymbolic LoRA: route each training sample to a LoRA step or a prompt rewrite.")
     sub = parser.add_subparsers(dest="command", required=True)
+    _add_run(sub)
+    from report.cli import add_commands
+
+    add_commands(sub)
+    _add_experiment(sub)
+    _add_train(sub)
+    res = sub.add_parser("resume", help="continue a stopped run from its last checkpoint",
+                         description="Continue RUN_DIR from its last checkpoint: finished rewrites are not requested again.")
+    res.add_argument("run_dir", metavar="RUN_DIR")
+    _add_policy(sub)
+    return parser
+
+
+def _add_run(sub) -> None:
+    from router.plugins_help import render
+
     run = sub.add_parser("run", help="run routed fine-tuning (no CONFIG: the embedded default, bAbI task 1 on SmolLM2-135M)",
                          description="Run routed fine-tuning and write a run folder (config.yaml, run.sqlite, adapter/, augmented/, metrics.json).",
-                         epilog=_config_help(), formatter_class=argparse.RawDescriptionHelpFormatter)
+                         epilog=render() + "\n" + _config_help(), formatter_class=argparse.RawDescriptionHelpFormatter)
     run.add_argument("config", nargs="?", help="YAML config (see configs/); omitted: the embedded default")
     run.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
                      help="override one config value, e.g. --set train.epochs=3 (repeatable)")
     run.add_argument("--print-config", action="store_true", help="print the resolved config as YAML and exit")
     run.add_argument("--dry-run", action="store_true", help="validate config and data, estimate LLM calls and cost, write nothing")
-    from report.cli import add_commands
 
-    add_commands(sub)
+
+def _add_experiment(sub) -> None:
     ex = sub.add_parser("experiment", help="run the paper's arms (lora-only, textgrad-only, NS-LoRA per policy, random) over seeds and tabulate",
                         description="Run every arm x seed of each CONFIG as its own run folder (<out>/<name>/<arm>/seed-<s>), then write "
                                     "results.json and results.md (mean ± std, paired differences with bootstrap intervals). Rerunning "
@@ -55,6 +71,9 @@ def _parser() -> argparse.ArgumentParser:
                     help="override a value of every run (or experiment.key), e.g. --set experiment.seeds=[0,1]")
     ex.add_argument("--jobs", type=int, default=1, help="runs side by side (each gets cores / jobs threads)")
     ex.add_argument("--out", default=None, help="folder for the experiments (default: experiment.out_dir)")
+
+
+def _add_train(sub) -> None:
     tr_ = sub.add_parser("train", help="fine-tune a model on a run's augmented prompts against the original prompts (transfer)",
                          description="Fine-tune MODEL with plain LoRA on the prompts a run ended with (RUN_DIR/augmented) and, with the "
                                      "same samples, steps and budget, on the task's original prompts; both answer the run's held-out set. "
@@ -67,9 +86,9 @@ def _parser() -> argparse.ArgumentParser:
     tr_.add_argument("--jobs", type=int, default=1, help="runs side by side")
     tr_.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
                      help="override a value of both arms' runs, e.g. --set train.epochs=3")
-    res = sub.add_parser("resume", help="continue a stopped run from its last checkpoint",
-                         description="Continue RUN_DIR from its last checkpoint: finished rewrites are not requested again.")
-    res.add_argument("run_dir", metavar="RUN_DIR")
+
+
+def _add_policy(sub) -> None:
     pol = sub.add_parser("policy", help="train, evaluate and show a learned (reward) routing policy")
     psub = pol.add_subparsers(dest="policy_command", required=True)
     tr = psub.add_parser("train", help="build preference pairs from finished runs and train a reward classifier with TRL",
@@ -96,7 +115,6 @@ def _parser() -> argparse.ArgumentParser:
     sh.add_argument("policy_dir")
     sh.add_argument("run_dirs", nargs="*", metavar="RUN_DIR", help="runs whose pairs to score in the report (default: the policy's JSON only)")
     sh.add_argument("--out", default=None, help="report file (default: POLICY_DIR/report.html)")
-    return parser
 
 
 def _policy_command(args) -> int:
@@ -142,60 +160,72 @@ def _policy_command(args) -> int:
     return 0
 
 
+def _run_command(args) -> int:
+    import yaml
+
+    from router import config as config_mod
+
+    cfg = config_mod.load(args.config, args.overrides)
+    if args.print_config:
+        print(yaml.safe_dump(config_mod.to_dict(cfg), sort_keys=False), end="")
+        return 0
+    from router.run import dry_run, run, summary
+
+    if args.dry_run:
+        print(dry_run(cfg))
+        return 0
+    metrics = run(cfg)
+    if metrics:  # only the main process of a multi-process run reports
+        print(summary(metrics))
+    return 0
+
+
+def _experiment_command(args) -> int:
+    from router.experiment import run_experiments
+    from router.run import _quiet_libraries
+
+    _quiet_libraries()
+    if args.jobs < 1:
+        raise UserError(f"--jobs={args.jobs} must be >= 1")
+    run_experiments(args.configs, args.overrides, jobs=args.jobs, out=args.out)
+    return 0
+
+
+def _train_command(args) -> int:
+    from report.stats import markdown_table
+    from router.transfer import transfer
+
+    if args.jobs < 1:
+        raise UserError(f"--jobs={args.jobs} must be >= 1")
+    table = transfer(args.data, args.model, args.seeds, args.out, args.name, args.overrides, jobs=args.jobs)
+    print(markdown_table([table]))
+    return 0
+
+
+def _report_command(args) -> int:
+    from report.cli import run_command
+
+    return run_command(args)
+
+
+def _resume_command(args) -> int:
+    from router.run import resume, summary
+
+    metrics = resume(args.run_dir)
+    if metrics:
+        print(summary(metrics))
+    return 0
+
+
+COMMANDS = {"run": _run_command, "experiment": _experiment_command, "train": _train_command, "inspect": _report_command,
+            "compare": _report_command, "resume": _resume_command, "policy": _policy_command}
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
     try:
-        if args.command == "run":
-            import yaml
-
-            from router import config as config_mod
-
-            cfg = config_mod.load(args.config, args.overrides)
-            if args.print_config:
-                print(yaml.safe_dump(config_mod.to_dict(cfg), sort_keys=False), end="")
-                return 0
-            from router.run import dry_run, run, summary
-
-            if args.dry_run:
-                print(dry_run(cfg))
-                return 0
-
-            metrics = run(cfg)
-            if metrics:  # only the main process of a multi-process run reports
-                print(summary(metrics))
-            return 0
-        if args.command == "experiment":
-            from router.experiment import run_experiments
-            from router.run import _quiet_libraries
-
-            _quiet_libraries()
-            if args.jobs < 1:
-                raise UserError(f"--jobs={args.jobs} must be >= 1")
-            run_experiments(args.configs, args.overrides, jobs=args.jobs, out=args.out)
-            return 0
-        if args.command == "train":
-            from report.stats import markdown_table
-            from router.transfer import transfer
-
-            if args.jobs < 1:
-                raise UserError(f"--jobs={args.jobs} must be >= 1")
-            table = transfer(args.data, args.model, args.seeds, args.out, args.name, args.overrides, jobs=args.jobs)
-            print(markdown_table([table]))
-            return 0
-        if args.command in ("inspect", "compare"):
-            from report.cli import run_command
-
-            return run_command(args)
-        if args.command == "resume":
-            from router.run import resume, summary
-
-            metrics = resume(args.run_dir)
-            if metrics:
-                print(summary(metrics))
-            return 0
-        if args.command == "policy":
-            return _policy_command(args)
+        return COMMANDS[args.command](args)
     except UserError as e:
         print(f"nslora: error: {e}", file=sys.stderr)
         return 2
@@ -203,9 +233,8 @@ def main(argv: list[str] | None = None) -> int:
         print("nslora: interrupted", file=sys.stderr)
         return 130
     except Exception as e:
-        from router.durable import Interrupted
-
         from adapters.train import NonFiniteLoss
+        from core.interrupt import Interrupted
 
         if isinstance(e, Interrupted):
             print(f"nslora: interrupted: {e}", file=sys.stderr)
@@ -214,7 +243,6 @@ def main(argv: list[str] | None = None) -> int:
             print(f"nslora: error: {e}", file=sys.stderr)
             return 1
         raise
-    return 1
 
 
 def _shutdown() -> None:

@@ -8,45 +8,13 @@ step; this module keeps the tensors that live outside the graph — LoRA weights
 from __future__ import annotations
 
 import os
-import signal
 from pathlib import Path
 
 import torch
 
+from core.interrupt import Interrupted, install_signal_handlers, stop_requested  # noqa: F401  (the run's stop points)
+
 KEEP = 2  # the graph may resume from the epoch before the newest trainer checkpoint, never earlier
-
-
-class Interrupted(Exception):
-    """SIGINT / SIGTERM arrived; the current step finished and the run stopped at a resumable point."""
-
-
-_stop = {"requested": False}
-
-
-def stop_requested() -> bool:
-    return _stop["requested"]
-
-
-def install_signal_handlers():
-    """First signal: finish the current step, then stop. A second one stops at once (the default handler)."""
-    previous = {}
-
-    def handler(signum, frame):
-        _stop["requested"] = True
-        signal.signal(signum, previous.get(signum, signal.SIG_DFL))
-
-    _stop["requested"] = False
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        try:
-            previous[sig] = signal.signal(sig, handler)
-        except ValueError:  # not the main thread (e.g. inside a test runner's worker): no handlers
-            pass
-
-    def restore():
-        for sig, old in previous.items():
-            signal.signal(sig, old)
-
-    return restore
 
 
 def trainer_path(run_dir: Path, epoch: int) -> Path:
@@ -76,7 +44,7 @@ def save_trainer(trainer, run_dir: Path, epoch: int) -> None:
 def load_trainer(trainer, run_dir: Path, epoch: int) -> None:
     path = trainer_path(run_dir, epoch)
     if not path.is_file():
-        from router.errors import UserError
+        from core.errors import UserError
 
         raise UserError(f"{path} is missing, so {run_dir} cannot resume from epoch {epoch}; start the run again")
     state = torch.load(path, weights_only=False)

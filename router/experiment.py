@@ -23,8 +23,9 @@ from typing import Any
 
 import yaml
 
-from router.config import _check, apply_overrides, from_dict, read_yaml, section_from_dict, to_dict
-from router.errors import UserError
+from core.options import require as _check
+from router.config import apply_overrides, from_dict, read_yaml, section_from_dict, to_dict
+from core.errors import UserError
 from router.export import _atomic_text
 
 # Arm name -> what it changes in the base config. "reward" gets policy.path filled in by the experiment.

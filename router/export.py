@@ -29,7 +29,7 @@ def _atomic_dir(path: Path, write) -> None:
 
 def augmented_rows(ctx, state) -> list[dict[str, Any]]:
     rewrites: dict[str, list[dict]] = {}
-    for r in ctx.store.query("SELECT * FROM rewrites WHERE verdict='accepted' ORDER BY epoch"):
+    for r in ctx.store.accepted_rewrites():
         rewrites.setdefault(r["sample_id"], []).append(
             {"epoch": r["epoch"], "engine": r["engine"], "strategy": r["strategy"], "version": r["version"]})
     shared = state.get("shared_system")
@@ -45,12 +45,11 @@ def augmented_rows(ctx, state) -> list[dict[str, Any]]:
 
 def llm_usage(ctx) -> dict[str, Any]:
     """Calls, tokens, estimated cost and cache hits, summed over the run's recorded rewrites."""
-    totals = ctx.store.query("SELECT COALESCE(SUM(calls), 0) AS calls, COALESCE(SUM(prompt_tokens), 0) AS prompt_tokens, "
-                             "COALESCE(SUM(completion_tokens), 0) AS completion_tokens, COALESCE(SUM(cost), 0) AS cost, "
-                             "COALESCE(SUM(cache_hits), 0) AS cache_hits FROM rewrites")[0]
-    usage = {"engine": getattr(ctx.engine, "name", None), **totals, "cost": round(totals["cost"], 6)}
-    if ctx.budget is not None:
-        usage["budget"] = {**ctx.budget.snapshot(), "exhausted": ctx.budget.exhausted()}
+    totals = ctx.store.llm_totals()
+    engine, budget = ctx.rewriter.engine, ctx.rewriter.budget
+    usage = {"engine": getattr(engine, "name", None), **totals, "cost": round(totals["cost"], 6)}
+    if budget is not None:
+        usage["budget"] = {**budget.snapshot(), "exhausted": budget.exhausted()}
     return usage
 
 
@@ -71,7 +70,7 @@ def export_run(path: Path, ctx, state, started: float) -> dict[str, Any]:
                    "rewritten_samples": sum(r["version"] > 0 for r in rows)})
     metrics = {
         "heldout_accuracy": {"before": acc[0], "final": acc[last], "per_epoch": {str(k): acc[k] for k in sorted(acc)}},
-        "train": [dict(r) for r in ctx.store.query("SELECT * FROM epochs WHERE epoch > 0 ORDER BY epoch")],
+        "train": ctx.store.epoch_rows(),
         "counts": counts,
         "llm": llm_usage(ctx),
         "shared_system": state.get("shared_system"),

@@ -8,31 +8,29 @@
 
 from __future__ import annotations
 
-from typing import Callable, Literal
+from functools import partial
+from typing import Literal
 
 from langgraph.graph import END, START, StateGraph
 from langgraph.types import Send
 
-from router.nodes import RunContext, make_nodes, view_payload
+from router import nodes
+from router.nodes import RunContext, view_payload
 from router.state import RunState
 
 
-def build_graph(ctx: RunContext, export: Callable[[RunState], dict], checkpointer=None):
-    nodes = make_nodes(ctx)
-    views = nodes.pop("views")
-
+def build_graph(ctx: RunContext, checkpointer=None):
     def after_monitor(state: RunState):
         if not state.get("saturated") or not state.get("candidates"):
             return "evaluate"
-        return [Send("decide", view_payload(v)) for v in views(state, state["candidates"])]
+        return [Send("decide", view_payload(v)) for v in nodes.views(state, ctx, state["candidates"])]
 
     def after_evaluate(state: RunState) -> Literal["train_epoch", "export"]:
         return "train_epoch" if state.get("epoch", 0) < ctx.cfg.train.epochs else "export"
 
     g = StateGraph(RunState)
-    for name, fn in nodes.items():
-        g.add_node(name, fn)
-    g.add_node("export", export)
+    for name in ("evaluate", "train_epoch", "monitor", "decide", "rewrite", "export"):
+        g.add_node(name, partial(getattr(nodes, name), ctx=ctx))
     g.add_edge(START, "evaluate")
     g.add_conditional_edges("evaluate", after_evaluate, ["train_epoch", "export"])
     g.add_edge("train_epoch", "monitor")

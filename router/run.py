@@ -7,27 +7,40 @@ exists, so bad input never leaves a half-written run behind.
 from __future__ import annotations
 
 import json
-import os
 import random
 import shutil
 import time
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import yaml
 
+from core.errors import UserError
 from router.config import Config, to_dict
-from router.errors import UserError
 
 
-def plan(cfg: Config):
-    """Validate everything cheap to check; returns (task, train, heldout, policy)."""
+class Plan(NamedTuple):
+    """What a run is made of, all checked before anything heavy loads."""
+
+    task: Any
+    score: Any
+    train: list
+    heldout: list
+    policy: Any
+    rewriter: Any
+
+
+def plan(cfg: Config) -> Plan:
+    """Validate everything cheap to check (data, model path, policy, strategy, your plug-ins) before any folder exists."""
     from adapters.model import resolve
     from policies import build
+    from rewriter.round import Rewriter
     from tasks import load_task
+    from tasks.scoring import build_scorer
 
     task, train, heldout = load_task(cfg.task)
+    score = build_scorer(cfg.task.scorer, task, train + heldout)
     resolve(cfg.model.name_or_path, cfg.model.gguf_file)
     params = dict(cfg.policy.params)
     if cfg.policy.path is not None:
@@ -38,15 +51,14 @@ def plan(cfg: Config):
         if "path" not in params:
             raise UserError("policy.name=reward needs policy.path: the folder written by `nslora policy train RUN_DIR... --out DIR`")
         load_folder(params["path"])  # refuses a missing or foreign folder before anything runs
-    try:
-        policy = build(cfg.policy.name, params, p=cfg.saturation.p, seed=cfg.train.seed)
-    except ValueError as e:
-        raise UserError(str(e)) from None
-    return task, train, heldout, policy
+    policy = build(cfg.policy.name, params, p=cfg.saturation.p, seed=cfg.train.seed)
+    if ":" in cfg.policy.name:
+        from core import plugins
+        from policies import check_policy
 
-
-def _routes_symbolic(cfg: Config) -> bool:
-    return cfg.policy.name != "lora-only"
+        plugins.conformance("policy.name", cfg.policy.name, lambda: check_policy(build(cfg.policy.name, params, p=cfg.saturation.p, seed=cfg.train.seed)))
+    rewriter = Rewriter.plan(cfg.rewriter, task=getattr(task, "name", None) or None)
+    return Plan(task, score, train, heldout, policy, rewriter)
 
 
 def _run_dir(cfg: Config) -> Path:
@@ -75,138 +87,37 @@ def run(cfg: Config, resume_dir: Path | None = None) -> dict[str, Any]:
     """A new run, or with `resume_dir` the continuation of a stopped one from its last checkpoint."""
     started = time.perf_counter()
     _quiet_libraries()
-    task, train, heldout, policy = plan(cfg)
-    symbolic = _routes_symbolic(cfg)
-
-    import torch
-    from accelerate import PartialState
-
+    p = plan(cfg)
+    dist = _processes()
     # Under torchrun / accelerate launch every process runs this function; the main one owns the run folder
     # and the rewriter, the others keep a scratch store and follow its decisions.
-    dist = PartialState(cpu=not torch.cuda.is_available())
-    main = dist.is_main_process
-    engine = None
-    wants_engine = symbolic and main and cfg.rewriter.calls_model
-    if wants_engine and cfg.rewriter.engine == "openai":
-        from rewriter.engines import build_engine
-
-        engine = build_engine(cfg.rewriter)
-    _agree(dist, lambda: _probe(engine) if engine is not None else None)
-    if resume_dir is not None:
-        path = resume_dir
+    wants_engine = p.policy.routes_symbolic and dist.is_main_process and p.rewriter.calls_model
+    if wants_engine and cfg.rewriter.engine != "local":  # an unreachable endpoint is refused before any folder exists
+        _agree(dist, lambda: _user_error(p.rewriter.open_remote))
     else:
-        path = _run_dir(cfg) if main else None
+        _agree(dist, lambda: None)
+    path = resume_dir if resume_dir is not None else (_run_dir(cfg) if dist.is_main_process else None)
+    if resume_dir is None:
         _check_disk(cfg)
-
-    from adapters.lora import wrap
-    from adapters.model import load_model
-    from adapters.train import Trainer
-    from router.graph import build_graph
-    from router.nodes import RunContext
-    from router.store import Store
-
-    random.seed(cfg.train.seed)
-    torch.manual_seed(cfg.train.seed)
-    model, tokenizer, source = load_model(cfg.model.name_or_path, cfg.model.gguf_file, cfg.model.cache_dir)
-    _check_lengths(tokenizer, train + heldout, cfg)
+    model, tokenizer, source = _load_model(cfg, p.train + p.heldout)
     if wants_engine and cfg.rewriter.engine == "local":
-        from rewriter.engines import build_engine
-
-        # The local rewriter is a second copy of the base model: rewriting with the adapter being trained
-        # would bias it toward the task's short answers.
-        name = cfg.rewriter.local_model or cfg.model.name_or_path
-        rmodel, rtok, _ = load_model(name, cfg.model.gguf_file if name == cfg.model.name_or_path else None, cfg.model.cache_dir)
-        engine = build_engine(cfg.rewriter, local_model=rmodel, local_tokenizer=rtok)
-    budget = None
-    if engine is not None:
-        from rewriter.settings import make_budget, prepare_engine
-
-        # The reply cache sits beside the run folders, so a rerun of the same config pays for nothing twice.
-        engine = prepare_engine(engine, cfg.rewriter, cfg.run.out_dir)
-        budget = make_budget(cfg.rewriter)
-    try:
-        model = wrap(model, cfg.lora, seed=cfg.train.seed)
-    except ValueError as e:
-        raise UserError(str(e)) from None
-
-    scratch = None
-    if main:
-        if resume_dir is None:
-            if path.exists():
-                shutil.rmtree(path)
-            path.mkdir(parents=True)
-            from router.export import _atomic_text
-
-            _atomic_text(path / "config.yaml", yaml.safe_dump(to_dict(cfg), sort_keys=False))
-        store = Store(path / "run.sqlite")
-    else:
-        import tempfile
-
-        scratch = tempfile.TemporaryDirectory(prefix=f"nslora-rank{dist.process_index}-")
-        store = Store(Path(scratch.name) / "run.sqlite")
-    store.put_meta(model_source=source, policy=repr(policy), started=datetime.now().isoformat(timespec="seconds"),
+        p.rewriter.open_local(*_local_rewriter_model(cfg))
+    p.rewriter.ready(cfg.run.out_dir)  # the reply cache sits beside the run folders: a rerun pays nothing twice
+    model = _wrap(model, cfg)
+    store, scratch = _open_store(cfg, path, dist, resume_dir is None)
+    store.put_meta(model_source=source, policy=repr(p.policy), started=datetime.now().isoformat(timespec="seconds"),
                    processes=dist.num_processes)
     store.add_samples([{"id": s.id, "split": split, "system": s.system, "question": s.question, "answer": s.answer,
-                        "target": s.target} for split, group in (("train", train), ("heldout", heldout)) for s in group])
+                        "target": s.target} for split, group in (("train", p.train), ("heldout", p.heldout)) for s in group])
+    from adapters.train import Trainer
+    from router.nodes import RunContext
 
-    trainer = Trainer(model, tokenizer, lr=cfg.train.lr, weight_decay=cfg.train.weight_decay, train_weights=policy.trains_weights,
-                      grad_norm=cfg.train.grad_norm, max_nonfinite_steps=cfg.train.max_nonfinite_steps)
-    bar = None
-    if cfg.run.progress and main:
-        from tqdm.auto import tqdm as bar
-    ctx = RunContext(cfg=cfg, task=task, train=train, heldout=heldout, trainer=trainer, store=store, policy=policy,
-                     engine=engine, rewrites_enabled=symbolic, budget=budget, bar=bar)
-
-    def export(state):
-        if main:
-            from router.export import export_run
-
-            export_run(path, ctx, state, started)
-        return {}
-
-    if cfg.run.tensorboard and main:
-        from report.tensorboard import TensorBoardLogger
-
-        ctx.tensorboard = TensorBoardLogger(path)
-    from router import durable
-
-    # Checkpoints make a run resumable; several processes run without them (resume is single-process).
-    durable_run = main and dist.num_processes == 1
-    saver = None
-    if durable_run:
-        import sqlite3
-
-        from langgraph.checkpoint.sqlite import SqliteSaver
-
-        (path / "checkpoints").mkdir(exist_ok=True)
-        saver = SqliteSaver(sqlite3.connect(path / "checkpoints" / "graph.sqlite", check_same_thread=False))
-        ctx.checkpoint = lambda epoch: durable.save_trainer(trainer, path, epoch)
-    graph = build_graph(ctx, export, checkpointer=saver)
-    config = {"recursion_limit": 20 + 8 * cfg.train.epochs, "max_concurrency": 8, "configurable": {"thread_id": "run"}}
-    initial = {"epoch": 0, "prompts": {s.id: {"system": s.system, "question": s.question, "version": 0} for s in train},
-               "shared_system": None, "decisions": None, "accuracy": {}}
-    snapshot = graph.get_state(config) if saver is not None else None
-    restore = durable.install_signal_handlers()
-    try:
-        if snapshot is not None and snapshot.values:
-            if not snapshot.next:
-                print(f"{path} has already finished")
-            else:
-                durable.load_trainer(trainer, path, snapshot.values["epoch"])
-                graph.invoke(None, config)
-        else:
-            if durable_run:
-                durable.save_trainer(trainer, path, 0)
-            graph.invoke(initial, config)
-    except durable.Interrupted:
-        raise durable.Interrupted(f"stopped after its current step; resume with: nslora resume {path}") from None
-    finally:
-        restore()
-        if saver is not None:
-            saver.conn.close()
-        if ctx.tensorboard is not None:
-            ctx.tensorboard.close()
-        store.close()
+    trainer = Trainer(model, tokenizer, lr=cfg.train.lr, weight_decay=cfg.train.weight_decay,
+                      train_weights=p.policy.trains_weights, grad_norm=cfg.train.grad_norm,
+                      max_nonfinite_steps=cfg.train.max_nonfinite_steps)
+    ctx = RunContext(cfg=cfg, task=p.task, score=p.score, train=p.train, heldout=p.heldout, trainer=trainer, store=store,
+                     policy=p.policy, rewriter=p.rewriter, run_dir=path, started=started, bar=_bar(cfg, dist))
+    _execute(ctx, path, dist, durable=dist.is_main_process and dist.num_processes == 1)
     dist.wait_for_everyone()
     if scratch is not None:
         scratch.cleanup()
@@ -214,29 +125,154 @@ def run(cfg: Config, resume_dir: Path | None = None) -> dict[str, Any]:
     return json.loads((path / "metrics.json").read_text()) | {"run_dir": str(path)}
 
 
+def _processes():
+    import torch
+    from accelerate import PartialState
+
+    return PartialState(cpu=not torch.cuda.is_available())
+
+
+def _user_error(step) -> str | None:
+    """Run a step; its UserError as a message (to share with every process), else None."""
+    try:
+        step()
+    except UserError as e:
+        return str(e)
+    return None
+
+
+def _load_model(cfg: Config, samples):
+    """Seeds first (LoRA init and batching follow them), then the model; a sample over max_length is refused."""
+    import torch
+
+    from adapters.model import load_model
+
+    random.seed(cfg.train.seed)
+    torch.manual_seed(cfg.train.seed)
+    model, tokenizer, source = load_model(cfg.model.name_or_path, cfg.model.gguf_file, cfg.model.cache_dir)
+    _check_lengths(tokenizer, samples, cfg)
+    return model, tokenizer, source
+
+
+def _local_rewriter_model(cfg: Config):
+    """The local rewriter is a second copy of the base model: rewriting with the adapter being trained would
+    bias it toward the task's short answers."""
+    from adapters.model import load_model
+
+    name = cfg.rewriter.local_model or cfg.model.name_or_path
+    model, tokenizer, _ = load_model(name, cfg.model.gguf_file if name == cfg.model.name_or_path else None, cfg.model.cache_dir)
+    return model, tokenizer
+
+
+def _wrap(model, cfg: Config):
+    from adapters.lora import wrap
+
+    try:
+        return wrap(model, cfg.lora, seed=cfg.train.seed)
+    except ValueError as e:
+        raise UserError(str(e)) from None
+
+
+def _open_store(cfg: Config, path: Path | None, dist, fresh: bool):
+    """The run's store (a fresh folder with config.yaml for a new run); other processes keep a scratch one."""
+    from router.export import _atomic_text
+    from router.store import Store
+
+    if not dist.is_main_process:
+        import tempfile
+
+        scratch = tempfile.TemporaryDirectory(prefix=f"nslora-rank{dist.process_index}-")
+        return Store(Path(scratch.name) / "run.sqlite"), scratch
+    if fresh:
+        if path.exists():
+            shutil.rmtree(path)
+        path.mkdir(parents=True)
+        _atomic_text(path / "config.yaml", yaml.safe_dump(to_dict(cfg), sort_keys=False))
+    return Store(path / "run.sqlite"), None
+
+
+def _bar(cfg: Config, dist):
+    if cfg.run.progress and dist.is_main_process:
+        from tqdm.auto import tqdm
+
+        return tqdm
+    return None
+
+
+def _execute(ctx, path: Path, dist, durable: bool) -> None:
+    """Run (or continue) the graph; checkpoints make a run resumable (several processes run without them)."""
+    from router import durable as dur
+    from router.graph import build_graph
+
+    if ctx.cfg.run.tensorboard and dist.is_main_process:
+        from report.tensorboard import TensorBoardLogger
+
+        ctx.tensorboard = TensorBoardLogger(path)
+    saver = _checkpointer(ctx, path) if durable else None
+    graph = build_graph(ctx, checkpointer=saver)
+    config = {"recursion_limit": 20 + 8 * ctx.cfg.train.epochs, "max_concurrency": 8, "configurable": {"thread_id": "run"}}
+    initial = {"epoch": 0, "prompts": {s.id: {"system": s.system, "question": s.question, "version": 0} for s in ctx.train},
+               "shared_system": None, "decisions": None, "accuracy": {}}
+    snapshot = graph.get_state(config) if saver is not None else None
+    restore = dur.install_signal_handlers()
+    try:
+        if snapshot is not None and snapshot.values:
+            if not snapshot.next:
+                print(f"{path} has already finished")
+            else:
+                dur.load_trainer(ctx.trainer, path, snapshot.values["epoch"])
+                graph.invoke(None, config)
+        else:
+            if durable:
+                dur.save_trainer(ctx.trainer, path, 0)
+            graph.invoke(initial, config)
+    except dur.Interrupted:
+        raise dur.Interrupted(f"stopped after its current step; resume with: nslora resume {path}") from None
+    finally:
+        restore()
+        if saver is not None:
+            saver.conn.close()
+        if ctx.tensorboard is not None:
+            ctx.tensorboard.close()
+        ctx.store.close()
+
+
+def _checkpointer(ctx, path: Path):
+    import sqlite3
+
+    from langgraph.checkpoint.sqlite import SqliteSaver
+
+    from router import durable as dur
+
+    (path / "checkpoints").mkdir(exist_ok=True)
+    ctx.checkpoint = lambda epoch: dur.save_trainer(ctx.trainer, path, epoch)
+    return SqliteSaver(sqlite3.connect(path / "checkpoints" / "graph.sqlite", check_same_thread=False))
+
+
 def dry_run(cfg: Config) -> str:
     """What a run would spend on the rewriter at most, before anything is loaded or called."""
-    from adapters.signals import budget_count
+    from policies.base import budget_count
     from rewriter.budget import estimate
 
-    task, train, heldout, policy = plan(cfg)
-    if not _routes_symbolic(cfg):
+    p = plan(cfg)
+    if not p.policy.routes_symbolic:
         return f"policy {cfg.policy.name} never rewrites: 0 LLM calls, cost $0"
-    if policy.needs_saturation:
-        rounds = max(0, cfg.train.epochs - cfg.saturation.min_epoch + 1)
-    else:
-        rounds = cfg.train.epochs
-    per_round = budget_count(len(train), cfg.saturation.p)
+    rounds = max(0, cfg.train.epochs - cfg.saturation.min_epoch + 1) if p.policy.needs_saturation else cfg.train.epochs
+    per_round = budget_count(len(p.train), cfg.saturation.p)
     strategy = cfg.rewriter.strategy
-    if policy.optimizes_shared_system:
-        per_round, strategy = min(8, len(train)), "textgrad"
-    avg_tokens = round(sum(len(s.system) + len(s.question) for s in train) / len(train) / 4)
-    kind = "local" if cfg.rewriter.engine == "local" else "openai"
-    est = estimate(rounds * per_round, strategy, optimize_system=cfg.rewriter.optimize_system or policy.optimizes_shared_system,
-                   avg_prompt_tokens=avg_tokens, model=cfg.rewriter.model, kind=kind,
-                   prices={k: tuple(v) for k, v in cfg.rewriter.prices.items()})
+    if p.policy.optimizes_shared_system:
+        per_round, strategy = min(8, len(p.train)), p.rewriter.strategy.system_method or strategy
+    avg_tokens = round(sum(len(s.system) + len(s.question) for s in p.train) / len(p.train) / 4)
+    kind = "openai" if cfg.rewriter.engine == "openai" else "local"
+    try:
+        est = estimate(rounds * per_round, strategy, optimize_system=cfg.rewriter.optimize_system or p.policy.optimizes_shared_system,
+                       avg_prompt_tokens=avg_tokens, model=cfg.rewriter.model, kind=kind,
+                       prices={k: tuple(v) for k, v in cfg.rewriter.prices.items()})
+    except ValueError:  # your own strategy: its calls per rewrite are not known here
+        return (f"dry run: {len(p.train)} training samples, up to {rounds} routing rounds x {per_round} symbolic samples; "
+                f"strategy {strategy} is yours, so its calls per rewrite are unknown: set rewriter.max_calls / max_cost to cap them")
     lines = [
-        f"dry run: {len(train)} training samples, up to {rounds} routing rounds x {per_round} symbolic samples "
+        f"dry run: {len(p.train)} training samples, up to {rounds} routing rounds x {per_round} symbolic samples "
         f"({strategy} strategy, ~{avg_tokens} prompt tokens a sample)",
         f"at most ~{est['calls']} LLM calls, ~{est['prompt_tokens']}+{est['completion_tokens']} tokens, "
         f"~${est['cost']:.4f} on {cfg.rewriter.model if kind == 'openai' else 'the local engine'} (before cache hits)",
@@ -246,16 +282,6 @@ def dry_run(cfg: Config) -> str:
         lines.append("budget: " + ", ".join(f"rewriter.{k}={v}" for k, v in limits.items())
                      + "; when reached, the remaining symbolic samples stay numerical")
     return "\n".join(lines)
-
-
-def _probe(engine) -> str | None:
-    from rewriter.engines import probe
-
-    try:
-        probe(engine)
-    except UserError as e:
-        return str(e)
-    return None
 
 
 def _agree(dist, check) -> None:
@@ -322,8 +348,3 @@ def summary(metrics: dict[str, Any]) -> str:
         lines.append(f"warning: {c['rewrites_error']} rewrites failed (endpoint or engine errors, reasons in run.sqlite); "
                      "those samples stayed numerical")
     return "\n".join(lines)
-
-
-def env_defaults() -> None:
-    # textgrad imports litellm, which otherwise fetches its price map from the network at import time.
-    os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")

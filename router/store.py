@@ -85,6 +85,43 @@ class Store:
     def add_epoch(self, row):
         self._insert("epochs", [row])
 
+    def set_heldout_accuracy(self, epoch: int, accuracy: float) -> None:
+        with self.db:
+            self.db.execute("INSERT OR IGNORE INTO epochs (epoch) VALUES (?)", (epoch,))
+            self.db.execute("UPDATE epochs SET heldout_accuracy=? WHERE epoch=?", (accuracy, epoch))
+
+    def set_saturation(self, epoch: int, saturated: bool, median: float | None) -> None:
+        with self.db:
+            self.db.execute("UPDATE epochs SET saturated=?, saturation_median=? WHERE epoch=?", (int(saturated), median, epoch))
+
+    def set_round(self, epoch: int, symbolic: int, accepted: int) -> None:
+        with self.db:
+            self.db.execute("UPDATE epochs SET symbolic=?, accepted=? WHERE epoch=?", (symbolic, accepted, epoch))
+
+    def signals_at(self, epoch: int) -> dict[str, dict[str, Any]]:
+        """Sample id -> its signals row of one epoch."""
+        return {r["sample_id"]: r for r in self.query("SELECT * FROM signals WHERE epoch=?", (epoch,))}
+
+    def signals_after(self, epoch: int) -> list[dict[str, Any]]:
+        """Every signals row of the epochs after `epoch`, oldest first."""
+        return self.query("SELECT * FROM signals WHERE epoch > ? ORDER BY epoch", (epoch,))
+
+    def losses_at(self, epoch: int) -> dict[str, float]:
+        return {r["sample_id"]: r["loss"] for r in self.query("SELECT sample_id, loss FROM signals WHERE epoch=?", (epoch,))}
+
+    def accepted_rewrites(self) -> list[dict[str, Any]]:
+        return self.query("SELECT * FROM rewrites WHERE verdict='accepted' ORDER BY epoch")
+
+    def llm_totals(self) -> dict[str, Any]:
+        """Calls, tokens, estimated cost and cache hits summed over the recorded rewrites."""
+        return self.query("SELECT COALESCE(SUM(calls), 0) AS calls, COALESCE(SUM(prompt_tokens), 0) AS prompt_tokens, "
+                          "COALESCE(SUM(completion_tokens), 0) AS completion_tokens, COALESCE(SUM(cost), 0) AS cost, "
+                          "COALESCE(SUM(cache_hits), 0) AS cache_hits FROM rewrites")[0]
+
+    def epoch_rows(self) -> list[dict[str, Any]]:
+        """The epochs table after training started, in order."""
+        return [dict(r) for r in self.query("SELECT * FROM epochs WHERE epoch > 0 ORDER BY epoch")]
+
     def query(self, sql: str, params: tuple = ()) -> list[dict[str, Any]]:
         cur = self.db.execute(sql, params)
         cols = [c[0] for c in cur.description]

@@ -14,7 +14,7 @@ from typing import Any
 import yaml
 
 from router.config import apply_overrides, from_dict, to_dict
-from router.errors import UserError
+from core.errors import UserError
 
 
 def source_run(data: str) -> Path:

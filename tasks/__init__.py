@@ -1,6 +1,8 @@
 """Data sets: samples (system prompt, question, gold answer, training target), answer extraction, scoring.
 
-`load_task(cfg)` is the one entry point the rest of the project uses. This package does not import torch.
+`load_task(cfg)` is the one entry point the rest of the project uses. `TASKS` maps built-in names to classes;
+your own Task class is named as 'package.module:ClassName' (contract and check in base.py). This package does
+not import torch.
 """
 
 from __future__ import annotations
@@ -9,9 +11,10 @@ import dataclasses
 import json
 from pathlib import Path
 
-from router.errors import UserError
+from core import plugins
+from core.errors import UserError
 from tasks.babi import BabiTask
-from tasks.base import Sample, Task, split
+from tasks.base import Sample, Task, check_task, split
 from tasks.clinifact import ClinifactTask
 from tasks.gsm8k import Gsm8kTask
 
@@ -23,16 +26,18 @@ TASKS: dict[str, type[Task]] = {
 
 
 def load_task(cfg) -> tuple[Task, list[Sample], list[Sample]]:
-    """(task, train, held-out) for a router.config.TaskConfig.
+    """(task, train, held-out) for a tasks.config.TaskConfig.
 
     Every sample gets the same system prompt: task.system_prompt when set, else the task's default.
     """
-    if cfg.name not in TASKS:
-        raise UserError(f"task.name={cfg.name!r} is not one of {', '.join(TASKS)}")
-    task = TASKS[cfg.name]()
+    cls = plugins.resolve("task.name", cfg.name, TASKS, "a Task class with load(cfg) and extract(text)",
+                          accept=lambda obj: isinstance(obj, type) and callable(getattr(obj, "load", None)))
+    task = plugins.instantiate("task.params", cls, cfg.params)
     samples = task.load(cfg)
     if not samples:  # loaders refuse empty data themselves; this guards a user's own Task subclass
         raise UserError(f"task {cfg.name}: no samples loaded from {cfg.path or 'the default source'}; check task.path")
+    if cfg.name not in TASKS:
+        plugins.conformance("task.name", cfg.name, lambda: check_task(task, samples))
     system = cfg.system_prompt if cfg.system_prompt is not None else task.default_system
     samples = [dataclasses.replace(s, system=system) for s in samples]
 
@@ -84,4 +89,4 @@ def with_prompts_from(train: list[Sample], path: str) -> list[Sample]:
     return out
 
 
-__all__ = ["TASKS", "Sample", "Task", "load_task", "split"]
+__all__ = ["TASKS", "Sample", "Task", "check_task", "load_task", "split"]

@@ -15,7 +15,7 @@ import random
 import re
 from pathlib import Path
 
-from router.errors import UserError
+from core.errors import UserError
 from tasks.base import Sample, Task
 from tasks.files import read_text, shorten
 

@@ -1,4 +1,11 @@
-"""The sample and task contracts every data set follows."""
+"""The sample and task contracts every data set follows, and the conformance check for your own task.
+
+Your own task: a Task subclass (or any class with the same methods) named in config as
+`task.name=my_pkg.tasks:MyTask`, built with `task.params` as keyword arguments. `load(cfg)` gets the whole `task`
+section (path, seed, n_train, ...) and returns Samples; the prompt a sample is trained and evaluated on is its
+`system` (P; `default_system` unless task.system_prompt is set) and its `question` (Q). `check_task` runs on it
+and its loaded samples before the run starts.
+"""
 
 from __future__ import annotations
 
@@ -26,13 +33,14 @@ class Sample:
 class Task:
     """A data set with its prompt construction, answer extraction and scorer.
 
-    Subclasses set `name` and `default_system`, and implement `load`, `extract`.
+    Subclasses set `name` and `default_system`, and implement `load`, `extract` (and `score` where exact match
+    of the normalised extracted answer is not the right test).
     """
 
     name: str = ""
     default_system: str = ""
 
-    def load(self, cfg) -> list[Sample]:  # cfg: router.config.TaskConfig
+    def load(self, cfg) -> list[Sample]:  # cfg: tasks.config.TaskConfig
         raise NotImplementedError
 
     def extract(self, text: str) -> str:
@@ -53,3 +61,25 @@ def split(samples: list[Sample], n_train: int, n_heldout: int, seed: int) -> tup
     heldout = order[:n_heldout]
     train = order[n_heldout : n_heldout + n_train]
     return train, heldout
+
+
+def check_task(task, samples: list | None = None) -> None:
+    """Conformance check for any task (built-in or yours); raises AssertionError naming the broken rule.
+    `samples`: what its `load` returned (checked too)."""
+    kind = type(task).__name__
+    for method in ("load", "extract", "score"):
+        assert callable(getattr(task, method, None)), f"{kind} needs a method {method}() (subclass tasks.Task)"
+    assert isinstance(getattr(task, "default_system", None), str), f"{kind}.default_system must be a str (the system prompt P)"
+    if samples is None:
+        return
+    assert isinstance(samples, list) and samples, f"{kind}.load(cfg) must return a non-empty list of tasks.Sample"
+    for s in samples[:50]:
+        assert isinstance(s, Sample), f"{kind}.load(cfg) must return tasks.Sample objects, got {type(s).__name__}"
+        for name in ("id", "system", "question", "answer", "target"):
+            assert isinstance(getattr(s, name), str), f"{kind}: Sample.{name} must be a str, got {type(getattr(s, name)).__name__} in sample {s.id!r}"
+        assert s.question.strip() and s.target.strip(), f"{kind}: sample {s.id!r} has an empty question or target"
+    probe = samples[0]
+    extracted = task.extract(probe.target)
+    assert isinstance(extracted, str), f"{kind}.extract(text) must return a str, got {type(extracted).__name__}"
+    scored = task.score(probe.target, probe)
+    assert isinstance(scored, bool), f"{kind}.score(text, sample) must return a bool, got {type(scored).__name__}"

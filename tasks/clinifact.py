@@ -11,7 +11,7 @@ import csv
 import io
 import re
 
-from router.errors import UserError
+from core.errors import UserError
 from tasks.base import Sample, Task
 from tasks.files import read_text, shorten
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from router.errors import UserError
+from core.errors import UserError
 
 
 def read_text(path: str | Path, expected: str) -> str:

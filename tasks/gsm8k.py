@@ -10,7 +10,7 @@ import json
 import math
 import re
 
-from router.errors import UserError
+from core.errors import UserError
 from tasks.base import Sample, Task
 from tasks.files import read_text, shorten
 

@@ -397,3 +397,16 @@ class FakeOpenAI:
                 self._send(200, srv._batch_object(bid))
 
         return Handler
+
+
+if __name__ == "__main__":
+    # As a separate process (bench/gpu_check.py): print the base URL, serve until stdin closes (so the server
+    # dies with its parent however that ends), then print what it answered as one JSON line.
+    import sys
+
+    server = FakeOpenAI()
+    print(server.base_url, flush=True)
+    sys.stdin.read()
+    server.stop()
+    print(json.dumps({"chat_requests": len(server.chat_requests()), "served": {str(k): v for k, v in server.served.items()}}),
+          flush=True)

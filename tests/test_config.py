@@ -3,7 +3,7 @@
 import pytest
 
 from router.config import Config, load
-from router.errors import UserError
+from core.errors import UserError
 
 
 def test_embedded_default_and_overrides_are_typed(tmp_path):
@@ -24,7 +24,7 @@ def test_embedded_default_and_overrides_are_typed(tmp_path):
     (["saturation.p=1.5"], r"saturation.p=1.5 must be in \(0, 1\]"),
     (["saturation.p=0"], "saturation.p=0.0 must be in"),
     (["train.epochs=three"], "train.epochs='three' must be an integer"),
-    (["task.name=mnist"], "task.name='mnist' is not one of"),
+    (["task.name=mnist"], "task.name='mnist' is not a built-in"),
     (["lora.target_modules=[]"], "lora.target_modules is empty"),
     (["epochs=3"], "write it as section.key=value"),
 ])

@@ -255,12 +255,13 @@ def test_transfer_refuses_data_without_rewrites(experiment, tiny_dir, tmp_path, 
 def test_rules_strategy_appends_the_task_guidance_to_the_system_prompt_once():
     from rewriter.guard import GuardConfig
     from rewriter.strategies.base import RewriteContext
-    from rewriter.strategies.rules import SYSTEM_GUIDANCE, rewrite, shared_system
+    from rewriter.strategies.rules import SYSTEM_GUIDANCE, RulesStrategy, shared_system
     from tasks.base import Sample
 
     q = "Mary moved to the bathroom.\nJohn went to the hallway.\nWhere is Mary?"
     sample = Sample("s", "Answer.", q, "bathroom", "bathroom")
     guard = GuardConfig(similarity=False)
+    rewrite = RulesStrategy().rewrite
     plain = rewrite(sample, RewriteContext(engine=None, system="Answer.", question=q, gold="bathroom", student_answer="",
                                            guard=guard, task="babi"))
     assert plain.verdict == "accepted" and plain.new_system is None and plain.calls == 0
@@ -293,7 +294,7 @@ def test_prompts_from_refuses_data_of_another_split(experiment, tmp_path):
     import dataclasses
 
     from router.config import TaskConfig
-    from router.errors import UserError
+    from core.errors import UserError
     from tasks import load_task
 
     _, _, root = experiment

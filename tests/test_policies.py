@@ -5,6 +5,7 @@ import textwrap
 
 import pytest
 
+from core.errors import UserError
 from policies import REGISTRY, build, check_policy, resolve
 from policies.base import Decision, Policy, SampleView, example_views
 
@@ -90,5 +91,5 @@ def test_user_policy_resolves_from_a_module_path(tmp_path, monkeypatch):
 @pytest.mark.parametrize("name,msg", [("nope", "not a built-in"), ("no_such_module_xyz:Cls", "cannot be imported"),
                                       ("policies.base:Missing", "has no 'Missing'")])
 def test_bad_policy_names_explain_the_fix(name, msg):
-    with pytest.raises(ValueError, match=msg):
+    with pytest.raises(UserError, match=msg):
         resolve(name)

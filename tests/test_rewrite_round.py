@@ -92,4 +92,4 @@ def test_batch_api_round_gives_the_live_rounds_rewrites(tiny_dir, tmp_path, monk
 
 def test_batch_needs_the_direct_strategy(tmp_path, capsys):
     assert main(["run", "--set", "rewriter.batch=api", "--set", f"run.out_dir={tmp_path}"]) == 2
-    assert "rewriter.batch='api' needs rewriter.strategy=direct" in capsys.readouterr().err
+    assert "rewriter.batch='api' needs rewriter.engine=openai" in capsys.readouterr().err

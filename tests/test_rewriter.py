@@ -11,7 +11,7 @@ from rewriter.engines import LocalEngine, OpenAIEngine, as_textgrad, build_engin
 from rewriter.strategies import STRATEGIES, RewriteContext, optimize_system_prompt
 from rewriter.strategies.direct import clean
 from router.config import RewriterConfig
-from router.errors import UserError
+from core.errors import UserError
 from tasks.base import Sample
 
 KEY_ENV = "NSLORA_TEST_REWRITER_KEY"
@@ -90,7 +90,7 @@ def test_guard_system_prompt_basic_checks():
 
 
 def test_textgrad_rewrites_question_over_http(fake_openai, engine):
-    result = STRATEGIES["textgrad"](sample(), context(engine))
+    result = STRATEGIES["textgrad"]().rewrite(sample(), context(engine))
     assert result.verdict == "accepted", result.reason
     assert result.new_question == PREFIX + BABI_Q
     assert result.new_system is None
@@ -104,7 +104,7 @@ def test_textgrad_rewrites_question_over_http(fake_openai, engine):
 
 
 def test_textgrad_with_system_prompt(fake_openai, engine):
-    result = STRATEGIES["textgrad"](sample(), context(engine, optimize_system=True))
+    result = STRATEGIES["textgrad"]().rewrite(sample(), context(engine, optimize_system=True))
     assert result.verdict == "accepted", result.reason
     assert result.new_question == PREFIX + BABI_Q
     assert result.new_system == PREFIX + SYSTEM
@@ -113,7 +113,7 @@ def test_textgrad_with_system_prompt(fake_openai, engine):
 
 def test_textgrad_reply_without_tags_is_an_error(fake_openai, engine):
     fake_openai.reply = lambda messages: "I think the question is fine as it is."
-    result = STRATEGIES["textgrad"](sample(), context(engine))
+    result = STRATEGIES["textgrad"]().rewrite(sample(), context(engine))
     assert result.verdict == "error"
     assert result.new_question is None
     # The engine sees that textgrad's update asked for the tags and treats a reply without them as malformed.
@@ -123,7 +123,7 @@ def test_textgrad_reply_without_tags_is_an_error(fake_openai, engine):
 
 def test_textgrad_http_fault_is_an_error_without_the_key(fake_openai, engine):
     fake_openai.fault = 500
-    result = STRATEGIES["textgrad"](sample(), context(engine))
+    result = STRATEGIES["textgrad"]().rewrite(sample(), context(engine))
     assert result.verdict == "error"
     assert "HTTP 500" in result.reason
     assert KEY not in result.reason
@@ -132,7 +132,7 @@ def test_textgrad_http_fault_is_an_error_without_the_key(fake_openai, engine):
 def test_textgrad_leaking_update_is_rejected(fake_openai, engine):
     fake_openai.reply = lambda m: ("<IMPROVED_VARIABLE>Tom has 3 apples and buys 4 more, so 7. How many apples does "
                                    "Tom have now?</IMPROVED_VARIABLE>") if "<IMPROVED_VARIABLE>" in str(m) else CRITIQUE
-    result = STRATEGIES["textgrad"](sample(GSM_Q, "7"), context(engine, question=GSM_Q, gold="7"))
+    result = STRATEGIES["textgrad"]().rewrite(sample(GSM_Q, "7"), context(engine, question=GSM_Q, gold="7"))
     assert result.verdict == "rejected" and result.new_question is None
     assert "gold" in result.reason
 
@@ -149,7 +149,7 @@ def test_optimize_system_prompt_over_a_minibatch(fake_openai, engine):
 
 
 def test_direct_happy_path(fake_openai, engine):
-    result = STRATEGIES["direct"](sample(GSM_Q, "7"), context(engine, question=GSM_Q, gold="7"))
+    result = STRATEGIES["direct"]().rewrite(sample(GSM_Q, "7"), context(engine, question=GSM_Q, gold="7"))
     assert result.verdict == "accepted", result.reason
     assert result.new_question == PREFIX + GSM_Q
     assert result.calls == len(fake_openai.chat_requests()) == 1
@@ -161,14 +161,14 @@ def test_direct_leaking_reply_is_rejected(fake_openai, engine):
     fake_openai.reply = lambda m: (
         "Rewritten question: Tom has 3 apples and buys 4 more, which makes 7. How many apples does Tom have now?"
     )
-    result = STRATEGIES["direct"](sample(GSM_Q, "7"), context(engine, question=GSM_Q, gold="7"))
+    result = STRATEGIES["direct"]().rewrite(sample(GSM_Q, "7"), context(engine, question=GSM_Q, gold="7"))
     assert result.verdict == "rejected" and result.new_question is None
     assert "gold" in result.reason
 
 
 def test_direct_empty_reply_is_an_error(fake_openai, engine):
     fake_openai.reply = lambda m: "  "
-    assert STRATEGIES["direct"](sample(), context(engine)).verdict == "error"
+    assert STRATEGIES["direct"]().rewrite(sample(), context(engine)).verdict == "error"
 
 
 @pytest.mark.parametrize("reply,expected", [
@@ -189,7 +189,7 @@ def test_calls_are_counted_per_thread(fake_openai, engine):
     results = [None, None, None]
 
     def work(i):
-        results[i] = STRATEGIES["direct"](sample(GSM_Q, "7"), context(engine, question=GSM_Q, gold="7"))
+        results[i] = STRATEGIES["direct"]().rewrite(sample(GSM_Q, "7"), context(engine, question=GSM_Q, gold="7"))
 
     threads = [threading.Thread(target=work, args=(i,)) for i in range(3)]
     for t in threads:
@@ -296,5 +296,5 @@ def test_rejected_rewrite_keeps_the_candidate_for_inspection(fake_openai):
     engine = OpenAIEngine(base_url=fake_openai.base_url, model="fake", max_retries=0)
     q = "Mary moved to the bathroom.\nSandra went to the garden.\nWhere is Mary?"
     sample = Sample("s", "Answer.", q, "bathroom", "bathroom")
-    res = STRATEGIES["direct"](sample, RewriteContext(engine, "Answer.", q, "bathroom", "garden"))
+    res = STRATEGIES["direct"]().rewrite(sample, RewriteContext(engine, "Answer.", q, "bathroom", "garden"))
     assert res.verdict == "rejected" and res.new_question is None and res.candidate == "Where is Sandra?"

@@ -85,10 +85,10 @@ def test_textgrad_rerun_through_the_cache_makes_zero_calls(fake_openai, tmp_path
     cached = CachedEngine(engine(fake_openai), tmp_path / "c.sqlite")
     s = Sample("s", "Answer.", BABI_Q, "bathroom", "bathroom")
     ctx = RewriteContext(cached, "Answer.", BABI_Q, "bathroom", "hallway")
-    first = STRATEGIES["textgrad"](s, ctx)
+    first = STRATEGIES["textgrad"]().rewrite(s, ctx)
     assert first.verdict == "accepted" and first.calls == 4 and first.cache_hits == 0
     n = len(fake_openai.chat_requests())
-    second = STRATEGIES["textgrad"](s, ctx)
+    second = STRATEGIES["textgrad"]().rewrite(s, ctx)
     assert len(fake_openai.chat_requests()) == n
     assert second.new_question == first.new_question == PREFIX + BABI_Q
     assert second.calls == 0 and second.tokens == 0 and second.cache_hits == 4

@@ -125,7 +125,7 @@ def test_textgrad_reply_without_tags_is_retried(fake_openai):
     fake_openai.reply = first_update_without_tags
     eng = make(fake_openai, [])
     s = Sample("s", "Answer.", GSM_Q, "7", "7")
-    res = STRATEGIES["textgrad"](s, RewriteContext(eng, "Answer.", GSM_Q, "7", "12"))
+    res = STRATEGIES["textgrad"]().rewrite(s, RewriteContext(eng, "Answer.", GSM_Q, "7", "12"))
     assert res.verdict == "accepted", res.reason
     assert res.new_question == PREFIX + GSM_Q
     assert res.calls == 5 and eng.outcomes["malformed"] == 1

@@ -97,7 +97,7 @@ def test_embedder_is_shared_and_thread_safe():
 
 def _run(question, answer, meta=None, task=None):
     s = Sample("s", "Answer.", question, answer, answer, meta or {})
-    return STRATEGIES["rules"](s, RewriteContext(None, "Answer.", question, answer, "", task=task))
+    return STRATEGIES["rules"]().rewrite(s, RewriteContext(None, "Answer.", question, answer, "", task=task))
 
 
 def test_rules_babi():
@@ -141,7 +141,7 @@ def test_rules_accepts_real_tasks():
         pytest.skip("bAbI data not present")
     text = "\n".join(open(path).read().splitlines()[:60])
     samples = parse_babi(text, 2)[:6]
-    results = [STRATEGIES["rules"](s, RewriteContext(None, s.system, s.question, s.answer, "")) for s in samples]
+    results = [STRATEGIES["rules"]().rewrite(s, RewriteContext(None, s.system, s.question, s.answer, "")) for s in samples]
     assert [r.verdict for r in results] == ["accepted"] * len(samples), [r.reason for r in results]
 
 

@@ -58,17 +58,19 @@ def test_concurrency_overlaps_the_waits(fake_openai):
 
 
 def test_a_broken_strategy_is_an_error_not_a_crash(fake_openai):
-    def broken(sample, ctx):
-        if sample.id == "s1":
-            raise RuntimeError("boom")
-        from rewriter.strategies import STRATEGIES
+    from core.errors import UserError
+    from rewriter.strategies import DirectStrategy
 
-        return STRATEGIES["direct"](sample, ctx)
+    class Broken(DirectStrategy):
+        def rewrite(self, sample, ctx):
+            if sample.id == "s1":
+                raise RuntimeError("boom")
+            return super().rewrite(sample, ctx)
 
-    results = rewrite_many(jobs_for(engine(fake_openai), 3), "direct", strategy=broken, concurrency=2)
+    results = rewrite_many(jobs_for(engine(fake_openai), 3), Broken(), concurrency=2)
     assert [r.verdict for r in results] == ["accepted", "error", "accepted"]
     assert "RuntimeError: boom" in results[1].reason
-    with pytest.raises(ValueError, match="unknown rewrite strategy 'nope'"):
+    with pytest.raises(UserError, match="rewriter.strategy='nope' is not a built-in"):
         rewrite_many([], "nope")
 
 
@@ -117,7 +119,7 @@ def test_cache_hits_are_free_even_when_the_budget_is_spent(fake_openai, tmp_path
     from rewriter.strategies import STRATEGIES
 
     wrapped = budget.wrap(cached)
-    res = STRATEGIES["direct"](budget_jobs[0][0], RewriteContext(wrapped, "Answer.", jobs[0][1].question, "4", "1"))
+    res = STRATEGIES["direct"]().rewrite(budget_jobs[0][0], RewriteContext(wrapped, "Answer.", jobs[0][1].question, "4", "1"))
     assert res.verdict == "accepted" and res.cache_hits == 1 and res.calls == 0 and budget.refused == 0
     with pytest.raises(BudgetExhausted, match="budget exhausted: calls 0/0"):
         wrapped.generate("something new")

@@ -6,7 +6,9 @@ import pytest
 import torch
 
 from adapters.lora import PerSampleGradNorm, naive_grad_norms, wrap
-from adapters.signals import budget_count, is_saturated, least_progress, loss_change_ratio, per_sample_loss
+from adapters.signals import is_saturated, loss_change_ratio, per_sample_loss
+from policies.base import SampleView, budget_count
+from policies.signal import LossRatioPolicy
 from router.config import LoraConfig
 
 torch.set_num_threads(1)
@@ -52,10 +54,14 @@ def test_budget_count(n, p, k):
     assert budget_count(n, p) == k
 
 
-def test_least_progress_picks_largest_c1_and_breaks_ties_by_id():
+def _views(c1):
+    return [SampleView(id=i, epoch=2, loss=1.0, c1=c, c2=None, correct=False) for i, c in c1.items()]
+
+
+def test_loss_ratio_routes_largest_c1_and_breaks_ties_by_id():
     c1 = {"a": -0.5, "b": 0.1, "c": -0.01, "d": None, "e": 0.1}
-    assert least_progress(c1, list(c1), 0.4) == ["b", "e"]
-    assert least_progress(c1, ["a", "d"], 1.0) == ["a", "d"]
+    assert LossRatioPolicy(p=0.4).calibrate(_views(c1)).chosen_ == {"b", "e"}
+    assert LossRatioPolicy(p=1.0).calibrate(_views({"a": -0.5, "d": None})).chosen_ == {"a", "d"}
 
 
 def _tiny_lora_model(targets, dropout=0.0, vocab=50, hidden=32):

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from router.config import TaskConfig
-from router.errors import UserError
+from core.errors import UserError
 from tasks import TASKS, load_task
 from tasks.babi import BabiTask, generate_babi, parse_babi
 from tasks.base import Sample

@@ -44,7 +44,7 @@ def budget_threshold(probs, p: float) -> float:
 
     Ties at the threshold (isotonic plateaus) all route together, so the realised share can exceed p.
     """
-    from adapters.signals import budget_count
+    from policies.base import budget_count
 
     probs = np.sort(np.asarray(probs, dtype=float))[::-1]
     k = budget_count(len(probs), p)

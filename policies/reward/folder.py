@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from router.errors import UserError
+from core.errors import UserError
 
 FORMAT_VERSION = 1
 FORMAT = "ns-lora-reward-policy"

@@ -25,7 +25,7 @@ from typing import Literal
 
 import numpy as np
 
-from router.errors import UserError
+from core.errors import UserError
 
 Criterion = Literal["c1", "c2", "rewrite"]
 CRITERIA = ("c1", "c2", "rewrite")

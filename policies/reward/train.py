@@ -16,7 +16,7 @@ import numpy as np
 
 from policies.reward import calibration as C
 from policies.reward.folder import FORMAT, FORMAT_VERSION, write_json
-from router.errors import UserError
+from core.errors import UserError
 
 
 def _default_backbone() -> str:
@@ -104,14 +104,60 @@ def evaluate_scores(pairs_split, score_of: dict[str, float], cal: dict) -> dict:
     }
 
 
-def train_reward_policy(pairs, cfg: RewardPolicyConfig, out_dir: str | Path) -> dict:
-    """Train, calibrate on pairs['test'], save the folder to out_dir; returns the held-out metrics."""
-    from datasets import Dataset
+def _fit(model, tokenizer, train_ds, cfg: RewardPolicyConfig):
+    """TRL's RewardTrainer on the pre-tokenised pairs; the trained model, in eval mode."""
     from transformers import PrinterCallback
     from transformers.utils import logging as hf_logging
     from trl import RewardConfig, RewardTrainer
 
+    with tempfile.TemporaryDirectory(prefix="nslora-reward-") as tmp:
+        # transformers 5 renamed gradient_checkpointing (trl defaults it to True) to activation_checkpointing;
+        # set whichever this version has, so there is no deprecation warning and no checkpointing on CPU.
+        names = {f.name for f in fields(RewardConfig)}
+        ckpt = {"activation_checkpointing" if "activation_checkpointing" in names else "gradient_checkpointing": False}
+        args = RewardConfig(
+            output_dir=tmp, **ckpt, num_train_epochs=cfg.epochs, learning_rate=cfg.lr, seed=cfg.seed,
+            per_device_train_batch_size=cfg.batch_size, max_length=None,
+            bf16=False, use_cpu=True,  # CPU: no bf16 kernels
+            report_to="none", push_to_hub=False, save_strategy="no", eval_strategy="no",
+            logging_strategy="no", disable_tqdm=True, dataloader_num_workers=0,
+        )
+        verbosity = hf_logging.get_verbosity()
+        hf_logging.set_verbosity_error()
+        try:
+            trainer = RewardTrainer(model=model, args=args, train_dataset=train_ds, processing_class=tokenizer)
+            trainer.remove_callback(PrinterCallback)  # the metrics come back as the return value instead
+            trainer.train()
+        finally:
+            hf_logging.set_verbosity(verbosity)
+        model = trainer.model.eval()
+    return model
+
+
+def _save(out: Path, model, tokenizer, cal: dict, threshold: float, cfg: RewardPolicyConfig, pairs, metrics: dict) -> None:
+    """The policy folder: model/, calibration.json, policy.json (settings, provenance, held-out metrics)."""
     from policies.reward.pairs import provenance
+
+    train, test = pairs["train"], pairs["test"]
+    (out / "model").mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(out / "model")
+    tokenizer.save_pretrained(out / "model")
+    write_json(out / "calibration.json", cal)
+    settings = asdict(cfg)
+    write_json(out / "policy.json", {
+        "format": FORMAT, "format_version": FORMAT_VERSION, "backbone": cfg.backbone,
+        "threshold": threshold, "band": cfg.band, "fallback": cfg.fallback, "p": cfg.p,
+        "max_length": cfg.max_length, "calibration": cfg.calibration, "config": settings,
+        "provenance": {**provenance(pairs), "train_pairs": len(train), "test_pairs": len(test)},
+        "metrics": metrics,
+    })
+
+
+def train_reward_policy(pairs, cfg: RewardPolicyConfig, out_dir: str | Path) -> dict:
+    """Train, calibrate on pairs['test'], save the folder to out_dir; returns the held-out metrics."""
+    from datasets import Dataset
+    from transformers.utils import logging as hf_logging
+
     from policies.reward.scoring import encode, score_texts
 
     for split in ("train", "test"):
@@ -135,27 +181,7 @@ def train_reward_policy(pairs, cfg: RewardPolicyConfig, out_dir: str | Path) -> 
         columns["margin"] = (m / m.max() if m.max() > 0 else m).tolist()
     train_ds = Dataset.from_dict(columns)
 
-    with tempfile.TemporaryDirectory(prefix="nslora-reward-") as tmp:
-        # transformers 5 renamed gradient_checkpointing (trl defaults it to True) to activation_checkpointing;
-        # set whichever this version has, so there is no deprecation warning and no checkpointing on CPU.
-        names = {f.name for f in fields(RewardConfig)}
-        ckpt = {"activation_checkpointing" if "activation_checkpointing" in names else "gradient_checkpointing": False}
-        args = RewardConfig(
-            output_dir=tmp, **ckpt, num_train_epochs=cfg.epochs, learning_rate=cfg.lr, seed=cfg.seed,
-            per_device_train_batch_size=cfg.batch_size, max_length=None,
-            bf16=False, use_cpu=True,  # CPU: no bf16 kernels
-            report_to="none", push_to_hub=False, save_strategy="no", eval_strategy="no",
-            logging_strategy="no", disable_tqdm=True, dataloader_num_workers=0,
-        )
-        verbosity = hf_logging.get_verbosity()
-        hf_logging.set_verbosity_error()
-        try:
-            trainer = RewardTrainer(model=model, args=args, train_dataset=train_ds, processing_class=tokenizer)
-            trainer.remove_callback(PrinterCallback)  # the metrics come back as the return value instead
-            trainer.train()
-        finally:
-            hf_logging.set_verbosity(verbosity)
-        model = trainer.model.eval()
+    model = _fit(model, tokenizer, train_ds, cfg)
 
     # Calibrate on held-out items only: the trained scores on train texts are overconfident.
     test = pairs["test"]
@@ -172,17 +198,5 @@ def train_reward_policy(pairs, cfg: RewardPolicyConfig, out_dir: str | Path) -> 
     metrics["heldout_symbolic_share"] = float(np.mean(probs >= threshold))
     metrics["train_seconds"] = round(time.time() - t0, 2)
 
-    out = Path(out_dir)
-    (out / "model").mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(out / "model")
-    tokenizer.save_pretrained(out / "model")
-    write_json(out / "calibration.json", cal)
-    settings = asdict(cfg)
-    write_json(out / "policy.json", {
-        "format": FORMAT, "format_version": FORMAT_VERSION, "backbone": cfg.backbone,
-        "threshold": threshold, "band": cfg.band, "fallback": cfg.fallback, "p": cfg.p,
-        "max_length": cfg.max_length, "calibration": cfg.calibration, "config": settings,
-        "provenance": {**provenance(pairs), "train_pairs": len(train), "test_pairs": len(test)},
-        "metrics": metrics,
-    })
+    _save(Path(out_dir), model, tokenizer, cal, threshold, cfg, pairs, metrics)
     return metrics

@@ -1,12 +1,25 @@
-"""What every rewrite strategy takes and returns."""
+"""The strategy contract: what every rewrite strategy takes and returns, and a conformance check for your own.
+
+A strategy is a small class (`__init__` only stores settings, from `rewriter.strategy_params`):
+
+    class MyStrategy(Strategy):
+        name = "mine"
+        calls_model = True                       # False: no engine is built and no student answers are generated
+        def rewrite(self, sample, ctx) -> RewriteResult            # one sample's question (and P, if ctx.optimize_system)
+        def update_system(self, examples, ctx) -> RewriteResult    # optional: the one P shared by every sample
+        def request(self, ctx) -> (prompt, system); parse(reply) -> str   # optional: one-call strategies, which
+                                                                  # the Batch API path (rewriter.batch) can send
+
+Name it in config as `rewriter.strategy=my_pkg.module:MyStrategy`; `check_strategy` runs on it before the run.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal, get_args
 
 from rewriter import guard
-from rewriter.engines import cache_hits_of, usage_detail_of
+from rewriter.engine import cache_hits_of, usage_detail_of
 
 # skipped: not attempted (budget exhausted before the rewrite started); the sample stays numerical.
 Verdict = Literal["accepted", "rejected", "error", "skipped"]
@@ -97,3 +110,69 @@ def judge(ctx: RewriteContext, meter: Meter, new_question: str | None, new_syste
 def error(meter: Meter, e: BaseException | str) -> RewriteResult:
     reason = e if isinstance(e, str) else failure_reason(e)
     return meter.result(None, None, "error", reason)
+
+
+class Strategy:
+    """Base class of rewrite strategies; see the module docstring for the contract."""
+
+    name: ClassVar[str] = ""
+    calls_model: ClassVar[bool] = True
+    system_method: ClassVar[str] = ""  # what update_system runs, as recorded in the rewrites table (default: name)
+
+    def rewrite(self, sample, ctx: RewriteContext) -> RewriteResult:
+        raise NotImplementedError
+
+    def update_system(self, examples: list[tuple[str, str, str]], ctx: RewriteContext) -> RewriteResult:
+        """One update of the shared system prompt `ctx.system` from (question, student answer, gold) examples."""
+        return error(Meter(ctx.engine), f"strategy {self.name or type(self).__name__} does not update a shared system prompt")
+
+    @property
+    def batchable(self) -> bool:
+        """Whether a round can go through the Batch API: one independent call per sample (`request` + `parse`)."""
+        return callable(getattr(self, "request", None)) and callable(getattr(self, "parse", None))
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({', '.join(f'{k}={v!r}' for k, v in vars(self).items())})"
+
+
+class _EchoEngine:
+    """The conformance check's engine: replies with the question it was sent, inside textgrad's tags."""
+
+    name = "check:echo"
+
+    def generate(self, prompt, system=None, **params) -> str:
+        text = prompt if isinstance(prompt, str) else str(prompt[-1].get("content", ""))
+        return f"<IMPROVED_VARIABLE>{text[-200:]}</IMPROVED_VARIABLE>"
+
+
+def _check_result(res, where: str) -> None:
+    assert isinstance(res, RewriteResult), f"{where} must return a RewriteResult, got {type(res).__name__}"
+    assert res.verdict in get_args(Verdict), f"{where}: verdict must be one of {get_args(Verdict)}, got {res.verdict!r}"
+    assert isinstance(res.reason, str) and res.reason.strip(), f"{where}: the result needs a reason"
+    assert isinstance(res.calls, int) and res.calls >= 0, f"{where}: calls must be an int >= 0, got {res.calls!r}"
+    for field_name in ("new_question", "new_system"):
+        value = getattr(res, field_name)
+        assert value is None or isinstance(value, str), f"{where}: {field_name} must be a str or None"
+    if res.verdict == "accepted":
+        assert res.new_question is not None or res.new_system is not None, f"{where}: an accepted rewrite needs new text"
+
+
+def check_strategy(strategy, sample=None) -> None:
+    """Conformance check for any strategy (built-in or yours). Raises AssertionError naming the broken rule.
+    Runs `rewrite` (and `update_system`) once on an example, against a scripted engine: no network."""
+    kind = type(strategy).__name__
+    assert isinstance(getattr(strategy, "calls_model", None), bool), f"{kind}.calls_model must be a bool class attribute"
+    assert callable(getattr(strategy, "rewrite", None)), f"{kind} needs a method rewrite(sample, ctx) -> RewriteResult"
+    assert callable(getattr(strategy, "request", None)) == callable(getattr(strategy, "parse", None)), \
+        f"{kind}: a one-call strategy defines both request(ctx) and parse(reply), or neither"
+    question = "Mary moved to the bathroom. John went to the hallway. Where is Mary?"
+    if sample is None:
+        from tasks.base import Sample
+
+        sample = Sample("check-0", "Answer with one word.", question, "bathroom", "bathroom")
+    engine = _EchoEngine() if strategy.calls_model else None
+    ctx = RewriteContext(engine=engine, system="Answer with one word.", question=question, gold="bathroom",
+                         student_answer="hallway", guard=guard.GuardConfig(similarity=False))
+    _check_result(strategy.rewrite(sample, ctx), f"{kind}.rewrite")
+    if callable(getattr(strategy, "update_system", None)):
+        _check_result(strategy.update_system([(question, "hallway", "bathroom")], ctx), f"{kind}.update_system")

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import re
 
-from rewriter.strategies.base import Meter, RewriteContext, RewriteResult, error, judge
+from rewriter.strategies.base import Meter, RewriteContext, RewriteResult, Strategy, error, judge
 
 SYSTEM = (
     "You rewrite questions so that a small language model answers them correctly. Keep every fact, number "
@@ -45,13 +45,32 @@ def clean(reply: str) -> str:
     return text
 
 
-def rewrite(sample, ctx: RewriteContext) -> RewriteResult:
-    """Rewrites the question only; the system prompt is textgrad's (and optimize_system_prompt's) business."""
-    meter = Meter(ctx.engine)
-    try:
-        reply = ctx.engine.generate(_prompt(ctx.question, ctx.student_answer), system=SYSTEM)
-    except Exception as e:  # HTTP errors, timeouts, a local model running out of memory: report, do not stop
-        return error(meter, e)
-    if not reply or not reply.strip():
-        return error(meter, "empty reply from the rewriter engine")
-    return judge(ctx, meter, clean(reply), None)
+class DirectStrategy(Strategy):
+    """Rewrites the question only, in one call; a joint system-prompt update is TextGrad's (`update_system`)."""
+
+    name = "direct"
+    system_method = "textgrad"
+
+    def request(self, ctx: RewriteContext) -> tuple[str, str]:
+        """(prompt, system) of the one call: the same on the live and the Batch API paths."""
+        return _prompt(ctx.question, ctx.student_answer), SYSTEM
+
+    def parse(self, reply: str) -> str:
+        return clean(reply)
+
+    def rewrite(self, sample, ctx: RewriteContext) -> RewriteResult:
+        meter = Meter(ctx.engine)
+        prompt, system = self.request(ctx)
+        try:
+            reply = ctx.engine.generate(prompt, system=system)
+        except Exception as e:  # HTTP errors, timeouts, a local model running out of memory: report, do not stop
+            return error(meter, e)
+        if not reply or not reply.strip():
+            return error(meter, "empty reply from the rewriter engine")
+        return judge(ctx, meter, self.parse(reply), None)
+
+    def update_system(self, examples, ctx: RewriteContext) -> RewriteResult:
+        # One call cannot carry a critique of several examples; TextGrad's minibatch step does that well.
+        from rewriter.strategies.textgrad import optimize_system_prompt
+
+        return optimize_system_prompt(ctx.system, examples, ctx.engine)

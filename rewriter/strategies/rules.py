@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import re
 
-from rewriter.strategies.base import Meter, RewriteContext, RewriteResult, error, judge
+from rewriter.strategies.base import Meter, RewriteContext, RewriteResult, Strategy, error, judge
 
 BABI_HINT = "Answer with one word: the place."
 GSM8K_HINT = "Give the final answer as a number."
@@ -111,13 +111,22 @@ def shared_system(system: str, task: str | None) -> RewriteResult:
 RULES = {"babi": babi, "gsm8k": gsm8k, "clinifact": clinifact, "generic": generic}
 
 
-def rewrite(sample, ctx: RewriteContext) -> RewriteResult:
-    meter = Meter(ctx.engine)
-    task = detect(sample, ctx)
-    rule = RULES.get(task, generic)
-    try:
-        new_question = rule(ctx.question)
-    except Exception as e:  # a question the rule cannot parse: report, keep the sample numerical
-        return error(meter, e)
-    new_system = system_prompt(ctx.system, task) if ctx.optimize_system else None
-    return judge(ctx, meter, new_question, new_system)
+class RulesStrategy(Strategy):
+    """Deterministic, task-aware layouts: no engine, no calls."""
+
+    name = "rules"
+    calls_model = False
+
+    def rewrite(self, sample, ctx: RewriteContext) -> RewriteResult:
+        meter = Meter(ctx.engine)
+        task = detect(sample, ctx)
+        rule = RULES.get(task, generic)
+        try:
+            new_question = rule(ctx.question)
+        except Exception as e:  # a question the rule cannot parse: report, keep the sample numerical
+            return error(meter, e)
+        new_system = system_prompt(ctx.system, task) if ctx.optimize_system else None
+        return judge(ctx, meter, new_question, new_system)
+
+    def update_system(self, examples, ctx: RewriteContext) -> RewriteResult:
+        return shared_system(ctx.system, ctx.task)

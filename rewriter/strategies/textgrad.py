@@ -12,7 +12,7 @@ from __future__ import annotations
 from functools import cache
 
 from rewriter.engines import as_textgrad, import_textgrad
-from rewriter.strategies.base import Meter, RewriteContext, RewriteResult, error, judge
+from rewriter.strategies.base import Meter, RewriteContext, RewriteResult, Strategy, error, judge
 
 # textgrad repeats the role in every prompt it builds, so it is short; the constraints carry the details.
 QUESTION_ROLE = "question to a small language model (keep its facts, numbers and names; never reveal the answer)"
@@ -74,22 +74,30 @@ def _step(tg, engine, variable, constraints) -> str:
     return variable.value
 
 
-def rewrite(sample, ctx: RewriteContext) -> RewriteResult:
-    meter = Meter(ctx.engine)
-    try:
-        tg, Replay, WholeVariable = _classes()
-        engine = as_textgrad(ctx.engine)
-        question = WholeVariable(ctx.question, requires_grad=True, role_description=QUESTION_ROLE)
-        system = WholeVariable(ctx.system, requires_grad=ctx.optimize_system, role_description=SYSTEM_ROLE)
-        answer = tg.BlackboxLLM(engine=Replay(ctx.student_answer), system_prompt=system)(question)
-        answer.set_role_description(ANSWER_ROLE)
-        loss = tg.TextLoss(_eval_instruction(ctx.question, ctx.gold), engine=engine)(answer)
-        loss.backward(engine)
-        new_question = _step(tg, engine, question, QUESTION_CONSTRAINTS)
-        new_system = _step(tg, engine, system, SYSTEM_CONSTRAINTS) if ctx.optimize_system else None
-    except Exception as e:  # a failed rewrite (no tags, HTTP error, empty reply) must not stop the run
-        return error(meter, e)
-    return judge(ctx, meter, new_question, new_system)
+class TextGradStrategy(Strategy):
+    """One TGD step on the question (and P with ctx.optimize_system); the shared P by a minibatch step."""
+
+    name = "textgrad"
+
+    def rewrite(self, sample, ctx: RewriteContext) -> RewriteResult:
+        meter = Meter(ctx.engine)
+        try:
+            tg, Replay, WholeVariable = _classes()
+            engine = as_textgrad(ctx.engine)
+            question = WholeVariable(ctx.question, requires_grad=True, role_description=QUESTION_ROLE)
+            system = WholeVariable(ctx.system, requires_grad=ctx.optimize_system, role_description=SYSTEM_ROLE)
+            answer = tg.BlackboxLLM(engine=Replay(ctx.student_answer), system_prompt=system)(question)
+            answer.set_role_description(ANSWER_ROLE)
+            loss = tg.TextLoss(_eval_instruction(ctx.question, ctx.gold), engine=engine)(answer)
+            loss.backward(engine)
+            new_question = _step(tg, engine, question, QUESTION_CONSTRAINTS)
+            new_system = _step(tg, engine, system, SYSTEM_CONSTRAINTS) if ctx.optimize_system else None
+        except Exception as e:  # a failed rewrite (no tags, HTTP error, empty reply) must not stop the run
+            return error(meter, e)
+        return judge(ctx, meter, new_question, new_system)
+
+    def update_system(self, examples, ctx: RewriteContext) -> RewriteResult:
+        return optimize_system_prompt(ctx.system, examples, ctx.engine)
 
 
 def optimize_system_prompt(system: str, examples: list[tuple[str, str, str]], engine) -> RewriteResult:
