@@ -4,7 +4,8 @@ An engine is any object with a `name` (safe to log: never holds a key) and one m
 
     generate(prompt_or_messages, system=None, **params) -> str
 
-Everything else is an optional hook, looked up by name, each with a fallback:
+Everything else is an optional hook, looked up by name, each with a fallback (the Protocols MeteredEngine,
+CacheableEngine and BatchEngine below name them in code):
 
     usage_detail_here() -> (calls, prompt_tokens, completion_tokens)  made by the calling thread, so a rewrite's
                             cost is exact while other threads share the engine (fallback: the totals below)
@@ -33,9 +34,38 @@ CONTROL_PARAMS = ("expect",)  # keywords that steer an engine but are never sent
 
 @runtime_checkable
 class Engine(Protocol):
+    """The whole required contract."""
+
     name: str
 
     def generate(self, prompt: str | list[dict], system: str | None = None, **params: Any) -> str: ...
+
+
+class MeteredEngine(Engine, Protocol):
+    """Counts exact per rewrite while several threads share the engine (the built-ins; wrappers pass it on)."""
+
+    def usage_detail_here(self) -> tuple[int, int, int]: ...
+
+
+class CacheableEngine(Engine, Protocol):
+    """Says what a reply depends on besides the messages, so the reply cache keys on it."""
+
+    def identity(self) -> dict: ...
+
+    def request_params(self, params: dict) -> dict: ...
+
+
+class BatchEngine(CacheableEngine, Protocol):
+    """What the Batch API path (rewriter/batch_api.py) needs of the engine under any wrappers."""
+
+    client: Any  # an openai.OpenAI
+    model: str
+
+    def scrub(self, text: str) -> str: ...
+
+    def describe_failure(self, exc: Exception) -> str: ...
+
+    def record_usage(self, prompt_tokens: int, completion_tokens: int) -> None: ...
 
 
 class EngineError(RuntimeError):

@@ -23,7 +23,7 @@ from typing import Any
 
 import yaml
 
-from core.options import require as _check
+from core.options import require
 from router.config import apply_overrides, from_dict, read_yaml, section_from_dict, to_dict
 from core.errors import UserError
 from router.export import _atomic_text
@@ -54,26 +54,26 @@ class ExperimentConfig:
                                    metadata={"help": "Options of `nslora policy train` for the reward arm's policy, trained on this experiment's lora-only runs."})
 
     def __post_init__(self):
-        _check(len(self.seeds) >= 1, "experiment.seeds is empty; give at least one seed, e.g. [0, 1, 2]")
-        _check(len(set(self.seeds)) == len(self.seeds), f"experiment.seeds={self.seeds!r} repeats a seed")
+        require(len(self.seeds) >= 1, "experiment.seeds is empty; give at least one seed, e.g. [0, 1, 2]")
+        require(len(set(self.seeds)) == len(self.seeds), f"experiment.seeds={self.seeds!r} repeats a seed")
         known = {**ARMS, **self.extra_arms}
         for arm in self.arms:
-            _check(arm in known, f"experiment.arms: unknown arm {arm!r}; built-in arms: {', '.join(ARMS)}; add your own under experiment.extra_arms")
-        _check(len(set(self.arms)) == len(self.arms), f"experiment.arms={self.arms!r} repeats an arm")
+            require(arm in known, f"experiment.arms: unknown arm {arm!r}; built-in arms: {', '.join(ARMS)}; add your own under experiment.extra_arms")
+        require(len(set(self.arms)) == len(self.arms), f"experiment.arms={self.arms!r} repeats an arm")
         if "reward" in self.arms:
-            _check("lora-only" in self.arms, "experiment.arms has reward but not lora-only: the reward policy is trained on the lora-only runs")
-        _check(self.baseline in self.arms, f"experiment.baseline={self.baseline!r} is not among experiment.arms")
-        _check(self.bootstrap >= 100, f"experiment.bootstrap={self.bootstrap!r} must be >= 100")
-        _check(0.5 <= self.confidence < 1.0, f"experiment.confidence={self.confidence!r} must be in [0.5, 1)")
+            require("lora-only" in self.arms, "experiment.arms has reward but not lora-only: the reward policy is trained on the lora-only runs")
+        require(self.baseline in self.arms, f"experiment.baseline={self.baseline!r} is not among experiment.arms")
+        require(self.bootstrap >= 100, f"experiment.bootstrap={self.bootstrap!r} must be >= 100")
+        require(0.5 <= self.confidence < 1.0, f"experiment.confidence={self.confidence!r} must be in [0.5, 1)")
         for arm, changes in self.extra_arms.items():
-            _check(isinstance(changes, dict) and all(isinstance(k, str) and "." in k for k in changes),
+            require(isinstance(changes, dict) and all(isinstance(k, str) and "." in k for k in changes),
                    f"experiment.extra_arms.{arm} must map section.key to a value, e.g. {{policy.name: random}}")
 
 
 def load_experiment(path: str, overrides: list[str] | None = None) -> tuple[ExperimentConfig, dict[str, Any]]:
     """(experiment settings, the base run config as a dict) from one YAML file; the run part is validated whole."""
     raw = read_yaml(path, "configs/experiments/babi.yaml")
-    _check(isinstance(raw, dict), f"{path}: the top level must be a mapping of sections")
+    require(isinstance(raw, dict), f"{path}: the top level must be a mapping of sections")
     exp_overrides = [o for o in overrides or [] if o.startswith("experiment.")]
     run_overrides = [o for o in overrides or [] if not o.startswith("experiment.")]
     merged = apply_overrides(raw, exp_overrides)
@@ -251,7 +251,7 @@ def run_experiments(paths: list[str], overrides: list[str], jobs: int, out: str 
             exp.out_dir = out
         loaded.append((exp, base))
     names = [e.name for e, _ in loaded]
-    _check(len(set(names)) == len(names), f"two configs share the experiment name(s) {sorted({n for n in names if names.count(n) > 1})}; set experiment.name in each")
+    require(len(set(names)) == len(names), f"two configs share the experiment name(s) {sorted({n for n in names if names.count(n) > 1})}; set experiment.name in each")
     tables = [Experiment(exp, base, jobs=jobs, echo=echo).run() for exp, base in loaded]
     failed = [f"{t['name']} {r['arm']} seed {s}" for t in tables for r in t["arms"] for s in r["missing_seeds"]]
     if len(tables) > 1:
