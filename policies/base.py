@@ -51,7 +51,9 @@ class Policy:
     `routes_symbolic=False`: it never sends a sample symbolic (no rewriter engine is built for it);
     `trains_weights=False`: no LoRA step at all (the pure-symbolic baseline); `needs_saturation=False`: route
     every epoch, saturated or not; `optimizes_shared_system=True`: a symbolic round updates the one system prompt
-    P shared by every sample (the strategy's `update_system`) instead of rewriting each sample.
+    P shared by every sample (the strategy's `update_system`) instead of rewriting each sample;
+    `needs_ground_truth=True`: a reference arm of the controlled benchmark (`oracle`) that is shown each
+    candidate's planted fault in `view.extra["fault"]` — no other policy ever sees it.
     """
 
     name: ClassVar[str] = ""
@@ -59,6 +61,7 @@ class Policy:
     trains_weights: ClassVar[bool] = True
     needs_saturation: ClassVar[bool] = True
     optimizes_shared_system: ClassVar[bool] = False
+    needs_ground_truth: ClassVar[bool] = False
 
     def calibrate(self, views: list[SampleView]) -> "Policy":
         return self
@@ -110,7 +113,7 @@ def check_policy(policy: Policy, views: list[SampleView] | None = None) -> None:
     views = views if views is not None else example_views()
     before = [asdict(v) for v in views]
     params = dict(vars(policy))
-    for flag in ("routes_symbolic", "trains_weights", "needs_saturation", "optimizes_shared_system"):
+    for flag in ("routes_symbolic", "trains_weights", "needs_saturation", "optimizes_shared_system", "needs_ground_truth"):
         assert isinstance(getattr(policy, flag, None), bool), f"{type(policy).__name__}.{flag} must be a bool class attribute"
     assert not [k for k in params if k.endswith("_")], f"{type(policy).__name__}.__init__ must only store settings (found learned {[k for k in params if k.endswith('_')]})"
     assert policy.calibrate(views) is policy, "calibrate must return self"

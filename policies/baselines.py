@@ -1,4 +1,5 @@
-"""Baseline arms: never rewrite, only rewrite, and random routing at the same share p."""
+"""Baseline arms: never rewrite, only rewrite, random routing at the same share p, and the controlled
+benchmark's oracle."""
 
 from __future__ import annotations
 
@@ -56,3 +57,31 @@ class RandomPolicy(Policy):
         if view.id in self.chosen_:
             return Decision("symbolic", self.p, f"drawn at random (p={self.p})", "random")
         return Decision("numerical", 1 - self.p, f"not drawn at random (p={self.p})", "random")
+
+
+@register
+class OraclePolicy(Policy):
+    """Reference arm of the controlled benchmark: routes exactly the faulty candidates, at most the share p of
+    them like every policy (least progress, largest C1, first when there are more). The only policy shown the
+    ground truth; it has none on other tasks, and then routes nothing."""
+
+    name = "oracle"
+    needs_ground_truth = True
+
+    def __init__(self, p: float = 0.1):
+        self.p = p
+
+    def calibrate(self, views):
+        faulty = [v for v in views if v.extra.get("fault")]
+        faulty.sort(key=lambda v: (-(v.c1 if v.c1 is not None else float("-inf")), v.id))
+        self.chosen_ = {v.id for v in faulty[: budget_count(len(views), self.p)]}
+        return self
+
+    def decide(self, view):
+        if not hasattr(self, "chosen_"):
+            raise RuntimeError("OraclePolicy is not calibrated; call calibrate(views) first")
+        fault = view.extra.get("fault")
+        if view.id in self.chosen_:
+            return Decision("symbolic", 1.0, f"planted fault: {fault}", "oracle")
+        why = f"planted fault {fault}, over the budget p={self.p}" if fault else "no planted fault"
+        return Decision("numerical", 1.0, why, "oracle")

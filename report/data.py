@@ -196,6 +196,40 @@ def route_totals(run: Run) -> list[dict[str, Any]]:
             for p, v in sorted(c.items())]
 
 
+def routing_quality(run: Run) -> dict[str, Any] | None:
+    """Decisions against the planted faults of a controlled run (None for a task without ground truth)."""
+    train = [s for s in run.samples if s["split"] == "train"]
+    if not any(s.get("fault") for s in train):
+        return None
+    from policies.quality import routing_quality as score
+
+    rounds: dict[int, list[tuple[str, str]]] = defaultdict(list)
+    for d in run.decisions:
+        if d["path"] != "revert":
+            rounds[d["epoch"]].append((d["sample_id"], d["route"]))
+    rewritten: dict[int, set[str]] = defaultdict(set)
+    for r in run.signals:
+        if r["prompt_version"]:
+            rewritten[r["epoch"]].add(r["sample_id"])
+    return score(dict(rounds), {s["id"]: s.get("fault") for s in train}, dict(rewritten))
+
+
+def quality_rows(q: dict[str, Any]) -> list[list[str]]:
+    """The confusion table per round, and the total, as text cells (terminal and HTML alike)."""
+    def f(v):
+        return "—" if v is None else f"{v:.2f}"
+
+    rows = [[e, str(r["candidates"]), str(r["faulty"]), str(r["symbolic"]), str(r["true_positives"]),
+             str(r["symbolic"] - r["true_positives"]), str(r["faulty"] - r["true_positives"]),
+             f(r["precision"]), f(r["recall"]), f(r["f1"]), f(r["random"]["f1"])] for e, r in q["rounds"].items()]
+    t = q["total"]
+    rows.append(["all", "", "", "", "", "", "", f(t["precision"]), f(t["recall"]), f(t["f1"]), f(t["random"]["f1"])])
+    return rows
+
+
+QUALITY_HEADERS = ["epoch", "candidates", "faulty", "routed", "TP", "FP", "FN", "precision", "recall", "F1", "random F1"]
+
+
 # ----------------------------------------------------------------------------------------------- rewrites
 
 

@@ -197,8 +197,19 @@ def _routing(run: D.Run) -> str:
     details = _table(["epoch", "sample", "path", "route", "confidence", "reason"], dec_rows, numeric={0, 4})
     return (f'<section id="routing"><h2>Routing decisions</h2><p class="note">How many candidates each decision '
             f'path sent to a rewrite (symbolic) or kept on LoRA steps (numerical), per routing epoch.</p>'
-            f'<div class="card">{svg}</div>{table}'
+            f'<div class="card">{svg}</div>{table}{_quality(run)}'
             f'<details><summary>All {len(run.decisions)} decisions with their reasons</summary>{details}</details></section>')
+
+
+def _quality(run: D.Run) -> str:
+    q = D.routing_quality(run)
+    if q is None:
+        return ""
+    rows = [[escape(c) for c in row] for row in D.quality_rows(q)]
+    return (f'<h3>Routing against the planted faults</h3><p class="note">{q["planted"]} of {q["train"]} training samples '
+            f'carry a planted fault; every faulty sample routed symbolic at least once: {pct(q["cumulative_recall"])}. '
+            f'Random F1: what routing the same number of candidates at random gets in expectation.</p>'
+            + _table(D.QUALITY_HEADERS, rows, numeric=set(range(1, 11))))
 
 
 def _rewrite_card(r: dict[str, Any]) -> str:

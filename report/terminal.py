@@ -79,6 +79,15 @@ def _routing_tables(run: D.Run) -> list:
     from rich.text import Text
 
     out: list = []
+    quality = D.routing_quality(run)
+    if quality is not None:
+        t = Table(title=f"Routing vs planted faults ({quality['planted']} of {quality['train']} training samples; "
+                        f"cumulative recall {pct(quality['cumulative_recall'])})", title_justify="left", header_style="bold")
+        for col in D.QUALITY_HEADERS:
+            t.add_column(col, justify="right")
+        for row in D.quality_rows(quality):
+            t.add_row(*row, style="bold" if row[0] == "all" else None)
+        out.append(t)
     routes = D.routes_by_epoch(run)
     if routes:
         t = Table(title="Routing decisions by path", title_justify="left", header_style="bold")

@@ -107,7 +107,8 @@ def section_from_dict(cls, section: str, values: Any, source: str):
 
 
 def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
-    """`section.key=value` strings, the value parsed as YAML (so 3 is an int, [a, b] a list)."""
+    """`section.key=value` strings, the value parsed as YAML (so 3 is an int, [a, b] a list);
+    `section.key.sub=value` sets one entry of a mapping key (e.g. task.params.fault_share=0)."""
     raw = {k: dict(v or {}) for k, v in raw.items()}
     for item in overrides:
         require("=" in item and "." in item.split("=", 1)[0], f"--set {item!r}: write it as section.key=value, e.g. train.epochs=3")
@@ -117,6 +118,11 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
             value = yaml.safe_load(text) if text != "" else None
         except yaml.YAMLError:
             value = text
+        key, _, sub = key.partition(".")
+        if sub:
+            inner = raw.setdefault(section, {}).get(key)
+            require(inner is None or isinstance(inner, dict), f"--set {item!r}: {section}.{key} is not a mapping")
+            value = {**(inner or {}), sub: value}
         raw.setdefault(section, {})[key] = value
     return raw
 

@@ -53,6 +53,13 @@ def llm_usage(ctx) -> dict[str, Any]:
     return usage
 
 
+def _routing(ctx) -> dict[str, Any]:
+    """Decisions scored against the planted faults (the controlled benchmark)."""
+    from policies.quality import routing_quality
+
+    return routing_quality(ctx.store.routing_rounds(), ctx.store.faults(), ctx.store.rewritten_by_epoch())
+
+
 def export_run(path: Path, ctx, state, started: float) -> dict[str, Any]:
     import datasets
 
@@ -74,6 +81,7 @@ def export_run(path: Path, ctx, state, started: float) -> dict[str, Any]:
         "counts": counts,
         "llm": llm_usage(ctx),
         "shared_system": state.get("shared_system"),
+        **({"routing": _routing(ctx)} if getattr(ctx.task, "has_ground_truth", False) else {}),
         "wall_seconds": round(time.perf_counter() - started, 3),
     }
     _atomic_text(path / "metrics.json", json.dumps(metrics, indent=2))

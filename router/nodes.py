@@ -170,9 +170,12 @@ def views(state, ctx: RunContext, sample_ids: list[str]) -> list[SampleView]:
     out = []
     for i in sample_ids:
         row, p = rows[i], state["prompts"][i]
+        # The planted fault of the controlled benchmark goes to the oracle alone: it is the answer key. A sample
+        # on a rewritten prompt no longer shows its planted fault.
+        extra = {"fault": ctx.by_id[i].meta.get("fault") if p["version"] == 0 else None} if ctx.policy.needs_ground_truth else {}
         out.append(SampleView(id=i, epoch=epoch, loss=row["loss"], c1=row["c1"], c2=row["c2"], correct=bool(row["correct"]),
                               losses=tuple(history.get(i, ())), system=system_for(state, p), question=p["question"],
-                              rewrites=p["version"]))
+                              rewrites=p["version"], extra=extra))
     return out
 
 

@@ -108,7 +108,8 @@ def run(cfg: Config, resume_dir: Path | None = None) -> dict[str, Any]:
     store.put_meta(model_source=source, policy=repr(p.policy), started=datetime.now().isoformat(timespec="seconds"),
                    processes=dist.num_processes)
     store.add_samples([{"id": s.id, "split": split, "system": s.system, "question": s.question, "answer": s.answer,
-                        "target": s.target} for split, group in (("train", p.train), ("heldout", p.heldout)) for s in group])
+                        "target": s.target, "fault": s.meta.get("fault")}
+                       for split, group in (("train", p.train), ("heldout", p.heldout)) for s in group])
     from adapters.train import Trainer
     from router.nodes import RunContext
 
@@ -202,6 +203,7 @@ def _bar(cfg: Config, dist):
 def _execute(ctx, path: Path, dist, durable: bool) -> None:
     """Run (or continue) the graph; checkpoints make a run resumable (several processes run without them)."""
     from router import durable as dur
+    from router import nodes
     from router.graph import build_graph
 
     if ctx.cfg.run.tensorboard and dist.is_main_process:
@@ -217,8 +219,11 @@ def _execute(ctx, path: Path, dist, durable: bool) -> None:
     restore = dur.install_signal_handlers()
     try:
         if snapshot is not None and snapshot.values:
-            if not snapshot.next:
+            if not snapshot.next and (path / "metrics.json").is_file():
                 print(f"{path} has already finished")
+            elif not snapshot.next:  # the graph ended but its outputs are not all there: export again (idempotent)
+                dur.load_trainer(ctx.trainer, path, snapshot.values["epoch"])
+                nodes.export(snapshot.values, ctx)
             else:
                 dur.load_trainer(ctx.trainer, path, snapshot.values["epoch"])
                 graph.invoke(None, config)
@@ -341,6 +346,11 @@ def summary(metrics: dict[str, Any]) -> str:
         + (f", reverted rewrites: {c['reverts']}" if c.get("reverts") else ""),
         f"wall time: {metrics['wall_seconds']:.1f} s",
     ]
+    routing = metrics.get("routing")
+    if routing and routing["total"]["f1"] is not None:
+        t, r = routing["total"], routing["total"]["random"]
+        lines.append(f"routing vs planted faults: precision {t['precision']:.2f}, recall {t['recall']:.2f}, F1 {t['f1']:.2f} "
+                     f"(random at the same count: F1 {r['f1']:.2f}); faulty samples ever routed: {routing['cumulative_recall']:.0%}")
     if c.get("rewrites_skipped"):
         lines.append(f"budget reached: {c['rewrites_skipped']} symbolic samples stayed numerical "
                      f"({metrics['llm'].get('budget', {}).get('exhausted') or 'see rewriter.max_*'})")

@@ -14,7 +14,7 @@ SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS samples (
   id TEXT PRIMARY KEY, split TEXT NOT NULL, system TEXT NOT NULL, question TEXT NOT NULL,
-  answer TEXT NOT NULL, target TEXT NOT NULL
+  answer TEXT NOT NULL, target TEXT NOT NULL, fault TEXT
 );
 CREATE TABLE IF NOT EXISTS signals (
   epoch INTEGER NOT NULL, sample_id TEXT NOT NULL, prompt_version INTEGER NOT NULL,
@@ -50,6 +50,9 @@ class Store:
         # is enough because only the graph's sequential nodes write.
         self.db = sqlite3.connect(self.path, check_same_thread=False)
         self.db.executescript(SCHEMA)
+        columns = {r[1] for r in self.db.execute("PRAGMA table_info(samples)")}
+        if "fault" not in columns:  # a run folder written before the controlled benchmark existed
+            self.db.execute("ALTER TABLE samples ADD COLUMN fault TEXT")
         self.db.commit()
 
     def close(self) -> None:
@@ -105,6 +108,25 @@ class Store:
     def signals_after(self, epoch: int) -> list[dict[str, Any]]:
         """Every signals row of the epochs after `epoch`, oldest first."""
         return self.query("SELECT * FROM signals WHERE epoch > ? ORDER BY epoch", (epoch,))
+
+    def faults(self) -> dict[str, str | None]:
+        """Training sample id -> its planted fault (None: clean); empty when the task has no ground truth.
+        For scoring routing only: never part of what a policy sees."""
+        return {r["id"]: r["fault"] for r in self.query("SELECT id, fault FROM samples WHERE split='train'")}
+
+    def routing_rounds(self) -> dict[int, list[tuple[str, str]]]:
+        """Epoch -> [(sample id, route)] of every policy decision (reverts left out)."""
+        out: dict[int, list[tuple[str, str]]] = {}
+        for r in self.query("SELECT epoch, sample_id, route FROM decisions WHERE path != 'revert' ORDER BY epoch, sample_id"):
+            out.setdefault(r["epoch"], []).append((r["sample_id"], r["route"]))
+        return out
+
+    def rewritten_by_epoch(self) -> dict[int, set[str]]:
+        """Epoch -> the samples that trained on a rewritten prompt (version > 0) in it."""
+        out: dict[int, set[str]] = {}
+        for r in self.query("SELECT epoch, sample_id FROM signals WHERE prompt_version > 0"):
+            out.setdefault(r["epoch"], set()).add(r["sample_id"])
+        return out
 
     def losses_at(self, epoch: int) -> dict[str, float]:
         return {r["sample_id"]: r["loss"] for r in self.query("SELECT sample_id, loss FROM signals WHERE epoch=?", (epoch,))}

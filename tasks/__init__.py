@@ -16,12 +16,14 @@ from core.errors import UserError
 from tasks.babi import BabiTask
 from tasks.base import Sample, Task, check_task, split
 from tasks.clinifact import ClinifactTask
+from tasks.controlled import ControlledTask
 from tasks.gsm8k import Gsm8kTask
 
 TASKS: dict[str, type[Task]] = {
     "babi": BabiTask,
     "gsm8k": Gsm8kTask,
     "clinifact": ClinifactTask,
+    "controlled": ControlledTask,
 }
 
 
@@ -54,6 +56,8 @@ def load_task(cfg) -> tuple[Task, list[Sample], list[Sample]]:
             f"task.n_heldout={cfg.n_heldout} = {need}; lower task.n_train or task.n_heldout"
         )
     train, heldout = split(samples, cfg.n_train, cfg.n_heldout, cfg.seed)
+    if hasattr(task, "prepare"):
+        train, heldout = task.prepare(train, heldout, cfg)
     if cfg.prompts_from:
         train = with_prompts_from(train, cfg.prompts_from)
     return task, train, heldout

@@ -47,6 +47,11 @@ class Task:
         """The final answer found in a model's generated text ('' when none)."""
         raise NotImplementedError
 
+    def prepare(self, train: list[Sample], heldout: list[Sample], cfg) -> tuple[list[Sample], list[Sample]]:
+        """The split as the run will use it; a task may change its training samples here (the controlled
+        benchmark plants its faults), never its held-out ones."""
+        return train, heldout
+
     def normalize(self, answer: str) -> str:
         return " ".join(answer.strip().lower().rstrip(".").split())
 

@@ -140,3 +140,23 @@ def test_sigterm_finishes_the_step_prints_the_resume_command_and_resume_complete
         proc = _cli("resume", str(run_dir), cwd=tmp_path)
         out, _ = proc.communicate(timeout=300)
         assert proc.returncode == 0 and "has already finished" in out
+
+
+def test_resume_of_a_finished_graph_without_its_outputs_exports_again(tiny_dir, tmp_path):
+    """A kill after the graph's last checkpoint but before its outputs were all on disk must not leave a
+    finished run without metrics.json: resume exports again, from the final trainer checkpoint."""
+    with FakeOpenAI() as srv:
+        cfg = _config(tmp_path, tiny_dir, srv.base_url)
+        proc = _cli("run", str(cfg), cwd=tmp_path)
+        _, err = proc.communicate(timeout=300)
+        assert proc.returncode == 0, err[-2000:]
+        run_dir = tmp_path / "runs" / "r"
+        before = json.loads((run_dir / "metrics.json").read_text())
+        adapter = (run_dir / "adapter" / "adapter_model.safetensors").read_bytes()
+        (run_dir / "metrics.json").unlink()
+        proc = _cli("resume", str(run_dir), cwd=tmp_path)
+        out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err[-2000:]
+    after = json.loads((run_dir / "metrics.json").read_text())
+    assert after["heldout_accuracy"] == before["heldout_accuracy"] and after["counts"] == before["counts"]
+    assert (run_dir / "adapter" / "adapter_model.safetensors").read_bytes() == adapter

@@ -266,3 +266,25 @@ def test_evaluate_and_describe_a_saved_policy(trained, tmp_path):
         assert 0.0 <= m[key] <= 1.0, (key, m)
     shown = describe_policy(out)
     assert shown["calibration"] == "platt" and shown["fallback"] == "loss-ratio" and "model.safetensors" in shown["model_files"]
+
+
+def test_pairs_come_from_every_epoch_so_a_run_that_fixed_nearly_everything_still_trains_a_policy(tmp_path):
+    # The demo's shape: by the last epoch nearly every sample is right, but at epoch 2 half were stuck.
+    run = tmp_path / "demo-like"
+    run.mkdir()
+    store = Store(run / "run.sqlite")
+    store.add_samples([{"id": f"t{i}", "split": "train", "system": "Sys.", "question": f"Q{i}?", "answer": "a", "target": "a"} for i in range(12)])
+    rows = []
+    for e in (1, 2, 3):
+        for i in range(12):
+            wrong = (e == 2 and i % 2 == 0) or (e == 3 and i == 0)
+            rows.append({"epoch": e, "sample_id": f"t{i}", "prompt_version": 0, "loss": 1.0, "c1": None if e == 1 else i / 10,
+                         "c2": 1.0, "correct": int(not wrong)})
+    store.add_signals(rows)
+    store.close()
+    pairs = build_pairs([run], "c1", max_pairs=50, high_share=0.5)
+    chosen = {r["chosen"] for s in ("train", "test") for r in pairs[s]}
+    # epoch 2: wrong t0..t10 even, top half by C1 = t6, t8, t10; epoch 3: t0 (the only wrong one) is high.
+    assert chosen <= {f"Sys.\n\nQ{i}?" for i in (0, 6, 8, 10)} and len(chosen) >= 2
+    # Pairs match samples of one epoch: t0 (high at epoch 3) may be rejected against an epoch-2 high, never itself.
+    assert all(r["chosen"] != r["rejected"] for s in ("train", "test") for r in pairs[s])

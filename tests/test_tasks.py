@@ -391,7 +391,9 @@ def test_clinifact_extract(reply, verdict):
 
 
 def test_registry_names_every_task():
-    assert TASKS == {"babi": BabiTask, "gsm8k": Gsm8kTask, "clinifact": ClinifactTask}
+    from tasks.controlled import ControlledTask
+
+    assert TASKS == {"babi": BabiTask, "gsm8k": Gsm8kTask, "clinifact": ClinifactTask, "controlled": ControlledTask}
 
 
 def test_load_task_sets_the_system_prompt():

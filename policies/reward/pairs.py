@@ -3,9 +3,12 @@ that did not.
 
 Construction (one run.sqlite per run dir, `split='train'` samples only — held-out samples are never read):
 
-- `c1`: a sample's criterion is its C1 (loss-change ratio) in its last recorded epoch. The *high* group is the
-  still-misclassified samples in the top `high_share` (default half) of C1 (least progress: the weights are not
-  fixing them); the *low* group is every other usable sample. margin = C1(chosen) - C1(rejected), floored at 0.
+- `c1`: a sample's criterion is its C1 (loss-change ratio), read at every epoch that has one (not only the last:
+  a run whose training fixed nearly everything still says, at its earlier epochs, which samples were stuck). At
+  each epoch the *high* group is the still-misclassified samples in the top `high_share` (default half) of C1
+  (least progress: the weights are not fixing them); the *low* group is every other usable sample; pairs match
+  a high and a low sample of the same epoch. Rows of a rewritten prompt are left out (their text is not the
+  sample's). margin = C1(chosen) - C1(rejected), floored at 0.
 - `c2`: as c1 with criterion = -C2 (a small LoRA gradient norm on a still-wrong sample means the weights
   barely move for it). margin = C2(rejected) - C2(chosen), floored at 0.
 - `rewrite`: chosen = samples whose rewrite was accepted and whose loss fell the epoch after; rejected =
@@ -41,6 +44,7 @@ class Item:
     value: float
     sample_id: str
     run: str
+    epoch: int = 0  # pairs match items of the same run and epoch (0: one group, as for `rewrite`)
 
 
 def sample_text(system: str, question: str) -> str:
@@ -71,21 +75,23 @@ def _read(run_dir: Path) -> tuple[dict[str, dict], dict[str, list[dict]], list[d
 
 
 def signal_items(samples: dict, signals: dict, criterion: Criterion, run: str, high_share: float = 0.5) -> list[Item]:
-    """c1 / c2 groups from each sample's last epoch (pure: no I/O)."""
-    rows = []
+    """c1 / c2 groups at every epoch: one item per sample and epoch (pure: no I/O)."""
+    by_epoch: dict[int, list[tuple[str, float, bool]]] = {}
     for sid, hist in signals.items():
-        last = hist[-1]
-        raw = last["c1"] if criterion == "c1" else last["c2"]
-        if raw is None or sid not in samples:
-            continue
-        value = float(raw) if criterion == "c1" else -float(raw)
-        rows.append((sid, value, bool(last["correct"])))
-    wrong = sorted((v for _, v, ok in rows if not ok), reverse=True)
-    # The top high_share of the misclassified samples by criterion: "least progress" is relative to the run.
-    k = max(1, round(len(wrong) * high_share)) if wrong else 0
-    cut = wrong[k - 1] if k else np.inf
-    return [Item(sample_text(samples[s]["system"], samples[s]["question"]), (not ok) and v >= cut, v, s, run)
-            for s, v, ok in sorted(rows)]
+        for row in hist:
+            raw = row["c1"] if criterion == "c1" else row["c2"]
+            if raw is None or sid not in samples or row.get("prompt_version", 0) != 0:
+                continue
+            by_epoch.setdefault(row["epoch"], []).append((sid, float(raw) if criterion == "c1" else -float(raw), bool(row["correct"])))
+    items = []
+    for epoch, rows in sorted(by_epoch.items()):
+        wrong = sorted((v for _, v, ok in rows if not ok), reverse=True)
+        # The top high_share of the misclassified samples by criterion: "least progress" is relative to the epoch.
+        k = max(1, round(len(wrong) * high_share)) if wrong else 0
+        cut = wrong[k - 1] if k else np.inf
+        items += [Item(sample_text(samples[s]["system"], samples[s]["question"]), (not ok) and v >= cut, v, s, run, epoch)
+                  for s, v, ok in sorted(rows)]
+    return items
 
 
 def rewrite_items(samples: dict, signals: dict, rewrites: list[dict], run: str) -> list[Item]:
@@ -128,6 +134,20 @@ def make_pairs(high: list[Item], low: list[Item], criterion: Criterion, n: int, 
     return out
 
 
+def _pairs_within_groups(items: list[Item], criterion: Criterion, n: int, rng: np.random.Generator) -> list[dict]:
+    """Up to n pairs, each a high and a low item of the same run and epoch, spread over the groups by their size."""
+    groups: dict[tuple[str, int], tuple[list[Item], list[Item]]] = {}
+    for i in items:
+        groups.setdefault((i.run, i.epoch), ([], []))[0 if i.high else 1].append(i)
+    sizes = {g: len(h) * len(lo) for g, (h, lo) in groups.items()}
+    total = sum(sizes.values())
+    out = []
+    for g in sorted(groups):
+        if sizes[g]:
+            out += make_pairs(*groups[g], criterion, max(1, round(n * sizes[g] / total)), rng)
+    return out[:n] if len(out) > n else out
+
+
 def build_pairs(run_dirs, criterion: Criterion = "c1", max_pairs: int = 2000, seed: int = 0, heldout_share: float = 0.2,
                 high_share: float = 0.5):
     """Preference pairs from finished runs -> DatasetDict{'train','test'} of {chosen, rejected, margin}.
@@ -153,23 +173,20 @@ def build_pairs(run_dirs, criterion: Criterion = "c1", max_pairs: int = 2000, se
         samples, signals, rewrites = _read(d)
         items += (rewrite_items(samples, signals, rewrites, str(d)) if criterion == "rewrite"
                   else signal_items(samples, signals, criterion, str(d), high_share))
-    # One text, one label: a text that is high anywhere counts as high (it needed the symbolic branch once).
     high_texts = {i.text for i in items if i.high}
-    items = [i for i in items if i.high or i.text not in high_texts]
-    n_high, n_low = len(high_texts), len({i.text for i in items if not i.high})
+    low_texts = {i.text for i in items if not i.high}
+    n_high, n_low = len(high_texts), len(low_texts)
     if n_high < MIN_PER_GROUP or n_low < MIN_PER_GROUP:
         names = ", ".join(str(d) for d in dirs)
         raise UserError(f"{names}: too few usable samples for {criterion!r} pairs ({n_high} high, {n_low} low; need "
                         f"{MIN_PER_GROUP} of each); train longer, use more samples, pick another criterion, or raise high_share")
     rng = np.random.default_rng(seed)
-    heldout = split_units([i.text for i in items if i.high], heldout_share, rng) | \
-        split_units([i.text for i in items if not i.high], heldout_share, rng)
+    # Split by text, so no sample is on both sides; each side gets texts of both groups.
+    heldout = split_units(sorted(high_texts), heldout_share, rng)
+    heldout |= split_units(sorted(low_texts - high_texts) or sorted(low_texts), heldout_share, rng)
     n_test = max(1, round(max_pairs * heldout_share))
-    splits = {}
-    for name, in_test, n in (("train", False, max_pairs - n_test), ("test", True, n_test)):
-        part = [i for i in items if (i.text in heldout) == in_test]
-        rows = make_pairs([i for i in part if i.high], [i for i in part if not i.high], criterion, n, rng)
-        splits[name] = rows
+    splits = {name: _pairs_within_groups([i for i in items if (i.text in heldout) == in_test], criterion, n, rng)
+              for name, in_test, n in (("train", False, max_pairs - n_test), ("test", True, n_test))}
     provenance = {"runs": [str(d) for d in dirs], "criterion": criterion, "seed": seed, "high_share": high_share, "high": n_high, "low": n_low,
                   "pairs": {k: len(v) for k, v in splits.items()}}
     out = DatasetDict({k: Dataset.from_list(v, features=None) if v else

@@ -6,6 +6,8 @@ construction (every sentence is kept verbatim; only structure and an answer-form
               Question: Where is Mary? Answer with one word: the place.
     GSM8K     one sentence a line, then "Give the final answer as a number."
     CliniFact the claim, the abstract and the task under labelled sections
+    controlled the canonical bAbI presentation restored from the text (tasks/controlled.py: markup, case and
+              typos fixed, time-marked sentences reordered, distractors dropped, the question asked plainly)
     other     one sentence a line
 
 The task comes from `ctx.task`, else from the sample's meta (the task loaders' keys), else from the text.
@@ -19,6 +21,7 @@ from __future__ import annotations
 import re
 
 from rewriter.strategies.base import Meter, RewriteContext, RewriteResult, Strategy, error, judge
+from tasks.controlled import canonical
 
 BABI_HINT = "Answer with one word: the place."
 GSM8K_HINT = "Give the final answer as a number."
@@ -93,6 +96,7 @@ SYSTEM_GUIDANCE = {
                  "NONE: the abstract does not address the claim. Reply with the one word only.",
     "generic": "Reply with the answer only.",
 }
+SYSTEM_GUIDANCE["controlled"] = SYSTEM_GUIDANCE["babi"]
 
 
 def system_prompt(system: str, task: str) -> str:
@@ -108,7 +112,7 @@ def shared_system(system: str, task: str | None) -> RewriteResult:
     return judge(ctx, Meter(None), None, system_prompt(system, str(task or "generic").lower()))
 
 
-RULES = {"babi": babi, "gsm8k": gsm8k, "clinifact": clinifact, "generic": generic}
+RULES = {"babi": babi, "gsm8k": gsm8k, "clinifact": clinifact, "controlled": canonical, "generic": generic}
 
 
 class RulesStrategy(Strategy):

@@ -1,0 +1,146 @@
+"""The controlled benchmark: planted presentation faults, their canonical restoration, the oracle, ground truth
+kept from policies, and routing quality scored on hand-built cases."""
+
+import json
+import sys
+import textwrap
+
+import pytest
+
+from policies.quality import round_quality, routing_quality
+from router.cli import main
+from tasks import load_task
+from tasks.config import TaskConfig
+from tasks.controlled import FAMILIES, canonical
+from test_e2e import KEY, rows, tiny_dir, write_config  # noqa: F401  (fixture)
+
+
+def _split(babi_task=1, share=0.5, n_train=120, **params):
+    cfg = TaskConfig(name="controlled", babi_task=babi_task, n_train=n_train, n_heldout=20, seed=5,
+                     params={"fault_share": share, **params})
+    return load_task(cfg)
+
+
+@pytest.mark.parametrize("babi_task", [1, 2, 3])
+def test_every_family_is_undone_by_the_canonicaliser_and_clean_text_is_left_alone(babi_task):
+    _, faulty, heldout = _split(babi_task)
+    _, clean, heldout_clean = _split(babi_task, share=0.0)
+    assert [s.id for s in faulty] == [s.id for s in clean] and heldout == heldout_clean  # same samples; held-out clean
+    planted = [s for s in faulty if s.meta["fault"]]
+    assert len(planted) == 60 and {s.meta["fault"] for s in planted} == set(FAMILIES)
+    assert all(s.meta["fault"] is None for s in heldout)
+    for f, c in zip(faulty, clean):
+        assert (f.question != c.question) == bool(f.meta["fault"]), f.id
+        assert canonical(f.question) == c.question, (f.meta["fault"], f.question)
+        assert (f.answer, f.target) == (c.answer, c.target)
+
+
+def test_the_rules_strategy_restores_faulty_samples_and_changes_no_clean_one():
+    from rewriter.guard import GuardConfig
+    from rewriter.strategies import RewriteContext, RulesStrategy
+
+    _, train, _ = _split(n_train=40)
+    _, clean, _ = _split(n_train=40, share=0.0)
+    for s, c in zip(train, clean):
+        res = RulesStrategy().rewrite(s, RewriteContext(None, s.system, s.question, s.answer, "",
+                                                        guard=GuardConfig(similarity=False), task="controlled"))
+        if s.meta["fault"]:
+            assert res.verdict == "accepted" and res.new_question == c.question, (s.meta["fault"], res.reason)
+        else:
+            assert res.verdict == "rejected" and res.reason == "unchanged"
+
+
+def test_a_users_fault_family_plugs_in(tmp_path, monkeypatch):
+    (tmp_path / "my_faults.py").write_text(textwrap.dedent('''
+        import dataclasses
+        def upper_question(sample, rng):
+            lines = sample.question.split("\\n")
+            return dataclasses.replace(sample, question="\\n".join(lines[:-1] + [lines[-1].upper()]))
+    '''))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    sys.modules.pop("my_faults", None)
+    _, train, _ = _split(n_train=20, families=["my_faults:upper_question"])
+    planted = [s for s in train if s.meta["fault"]]
+    assert len(planted) == 10 and all(s.meta["fault"] == "my_faults:upper_question" for s in planted)
+    assert all(s.question.split("\n")[-1].startswith("WHERE IS ") for s in planted)
+
+
+def test_routing_quality_on_a_hand_built_round():
+    faults = {"a": "noise", "b": "shuffled", "c": None, "d": None, "e": None, "f": "noise"}
+    q = round_quality([("a", "symbolic"), ("b", "numerical"), ("c", "symbolic"), ("d", "numerical")], faults)
+    assert (q["candidates"], q["faulty"], q["symbolic"], q["true_positives"]) == (4, 2, 2, 1)
+    assert q["precision"] == 0.5 and q["recall"] == 0.5 and q["f1"] == 0.5
+    assert q["random"] == {"precision": 0.5, "recall": 0.5, "f1": 0.5}  # 2 of 4 routed, 2 of 4 faulty
+    assert q["by_family"] == {"noise": {"candidates": 1, "routed": 1}, "shuffled": {"candidates": 1, "routed": 0}}
+    run = routing_quality({2: [("a", "symbolic"), ("b", "numerical"), ("c", "symbolic"), ("d", "numerical")],
+                           3: [("b", "symbolic"), ("c", "numerical"), ("e", "numerical")]}, faults)
+    assert run["total"]["precision"] == 2 / 3 and run["total"]["recall"] == 2 / 3
+    assert run["total"]["random"]["precision"] == pytest.approx((2 * 2 / 4 + 1 * 1 / 3) / 3)
+    assert run["cumulative_recall"] == 2 / 3  # a and b of a, b, f
+    assert routing_quality({}, {"x": None})["total"]["f1"] is None
+    # b trains on a rewritten prompt by round 3: its planted fault is gone, so routing it again is not a hit.
+    later = routing_quality({3: [("b", "symbolic"), ("c", "numerical")]}, faults, {3: {"b"}})
+    assert later["rounds"]["3"]["faulty"] == 0 and later["rounds"]["3"]["precision"] == 0.0
+
+
+SPY = '''
+import json, os
+from policies.signal import LossRatioPolicy
+
+class Spy(LossRatioPolicy):
+    """Loss-ratio routing that writes down everything it was shown."""
+    def calibrate(self, views):
+        with open(os.environ["SPY_LOG"], "a") as f:
+            for v in views:
+                f.write(json.dumps({"id": v.id, "extra": v.extra, "question": v.question, "system": v.system}) + "\\n")
+        return super().calibrate(views)
+'''
+
+
+def _controlled_run(tmp_path, tiny_dir, policy, **extra):
+    cfg = write_config(tmp_path, tiny_dir, None,
+                       task={"name": "controlled", "n_train": 16, "n_heldout": 6, "params": {"fault_share": 0.5}},
+                       policy={"name": policy}, saturation={"p": 1.0},
+                       rewriter={"strategy": "rules", "engine": "local", "guard_similarity": False}, **extra)
+    assert main(["run", str(cfg)]) == 0
+    return tmp_path / "runs" / "r"
+
+
+def test_the_oracle_routes_exactly_the_faulty_candidates(tiny_dir, tmp_path, capsys):
+    run = _controlled_run(tmp_path, tiny_dir, "oracle")
+    faults = {r["id"]: r["fault"] for r in rows(run, "SELECT id, fault FROM samples WHERE split='train'")}
+    assert sum(bool(f) for f in faults.values()) == 8
+    decisions = rows(run, "SELECT epoch, sample_id, route FROM decisions WHERE path != 'revert'")
+    rewritten = {(r["epoch"], r["sample_id"]) for r in rows(run, "SELECT epoch, sample_id FROM signals WHERE prompt_version > 0")}
+    faulty_now = lambda d: bool(faults[d["sample_id"]]) and (d["epoch"], d["sample_id"]) not in rewritten
+    assert decisions and all((d["route"] == "symbolic") == faulty_now(d) for d in decisions)
+    routing = json.loads((run / "metrics.json").read_text())["routing"]
+    assert routing["total"]["precision"] == 1.0 and routing["total"]["recall"] == 1.0
+    assert routing["planted"] == 8
+    accepted = rows(run, "SELECT sample_id FROM rewrites WHERE verdict='accepted'")
+    assert accepted and all(faults[r["sample_id"]] for r in accepted)
+    capsys.readouterr()
+    assert main(["inspect", str(run)]) == 0  # the confusion table per round, in the terminal and the HTML report
+    out = capsys.readouterr().out
+    assert "Routing vs planted faults (8 of 16" in out and "cumulative recall 100.0%" in out
+    html = (run / "report.html").read_text()
+    assert "Routing against the planted faults" in html and ">1.00<" in html
+
+
+def test_ground_truth_never_reaches_a_policy_or_reward_pairs(tiny_dir, tmp_path, monkeypatch):
+    (tmp_path / "spy_policy.py").write_text(SPY)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setenv("SPY_LOG", str(tmp_path / "seen.jsonl"))
+    sys.modules.pop("spy_policy", None)
+    run = _controlled_run(tmp_path, tiny_dir, "spy_policy:Spy")
+    seen = [json.loads(line) for line in (tmp_path / "seen.jsonl").read_text().splitlines()]
+    assert seen and all(v["extra"] == {} for v in seen)
+    words = set(FAMILIES) | {"fault"}
+    assert not any(w in v["question"] or w in v["system"] for v in seen for w in words)
+    from policies.reward.pairs import build_pairs
+
+    pairs = build_pairs([str(run)], "c1", max_pairs=200, high_share=0.5)
+    for split in pairs.values():
+        assert "fault" not in " ".join(split.column_names)
+        assert not any(w in text for text in list(split["chosen"]) + list(split["rejected"]) for w in words)
+    assert "routing" in json.loads((run / "metrics.json").read_text())
