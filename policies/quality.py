@@ -10,6 +10,7 @@ recall, the share of all faulty training samples routed symbolic at least once.
 
 from __future__ import annotations
 
+from collections import defaultdict
 from typing import Any
 
 
@@ -62,3 +63,17 @@ def routing_quality(rounds: dict[int, list[tuple[str, str]]], faults: dict[str, 
             "total": {"precision": precision, "recall": recall, "f1": f1,
                       "random": {"precision": r_precision, "recall": r_recall, "f1": r_f1}},
             "cumulative_recall": len(ever & faulty_all) / len(faulty_all) if faulty_all else None}
+
+
+def score_run(decisions: list[dict], signals: list[dict], faults: dict[str, str | None]) -> dict[str, Any]:
+    """`routing_quality` from a run's rows: decisions (epoch, sample_id, route, path; reverts are not routing),
+    signals (epoch, sample_id, prompt_version: who trained on a rewritten prompt when) and the planted faults."""
+    rounds: dict[int, list[tuple[str, str]]] = defaultdict(list)
+    for d in decisions:
+        if d["path"] != "revert":
+            rounds[d["epoch"]].append((d["sample_id"], d["route"]))
+    rewritten: dict[int, set[str]] = defaultdict(set)
+    for r in signals:
+        if r["prompt_version"]:
+            rewritten[r["epoch"]].add(r["sample_id"])
+    return routing_quality(dict(rounds), faults, dict(rewritten))

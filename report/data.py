@@ -201,17 +201,9 @@ def routing_quality(run: Run) -> dict[str, Any] | None:
     train = [s for s in run.samples if s["split"] == "train"]
     if not any(s.get("fault") for s in train):
         return None
-    from policies.quality import routing_quality as score
+    from policies.quality import score_run
 
-    rounds: dict[int, list[tuple[str, str]]] = defaultdict(list)
-    for d in run.decisions:
-        if d["path"] != "revert":
-            rounds[d["epoch"]].append((d["sample_id"], d["route"]))
-    rewritten: dict[int, set[str]] = defaultdict(set)
-    for r in run.signals:
-        if r["prompt_version"]:
-            rewritten[r["epoch"]].add(r["sample_id"])
-    return score(dict(rounds), {s["id"]: s.get("fault") for s in train}, dict(rewritten))
+    return score_run(run.decisions, run.signals, {s["id"]: s.get("fault") for s in train})
 
 
 def quality_rows(q: dict[str, Any]) -> list[list[str]]:

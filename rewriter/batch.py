@@ -23,6 +23,7 @@ from rewriter.batch_api import (  # noqa: F401  (re-exported: the batch path's p
     ENDPOINT,
     BatchError,
     BatchReply,
+    chain,
     http_engine,
     innermost,
     output_paths,
@@ -103,11 +104,7 @@ def _cache_of(engine, cache) -> ReplyCache | None:
 
 
 def _cached_engine(engine) -> CachedEngine | None:
-    for _ in range(8):
-        if engine is None or isinstance(engine, CachedEngine):
-            return engine
-        engine = getattr(engine, "engine", None)
-    return None
+    return next((e for e in chain(engine) if isinstance(e, CachedEngine)), None)
 
 
 def _problem(text: str, base) -> str | None:

@@ -59,14 +59,22 @@ class BatchReply(NamedTuple):
         return self.error is None
 
 
-def innermost(engine):
-    """The engine under any wrappers (BudgetedEngine -> CachedEngine -> the engine): each exposes `.engine`."""
+def chain(engine):
+    """The engine and every engine it wraps, outermost first (BudgetedEngine -> CachedEngine -> the engine): each
+    wrapper exposes what it wraps as `.engine`."""
     for _ in range(8):
-        inner = getattr(engine, "engine", None) if engine is not None else None
-        if inner is None:
-            return engine
-        engine = inner
-    return engine
+        if engine is None:
+            return
+        yield engine
+        engine = getattr(engine, "engine", None)
+
+
+def innermost(engine):
+    """The engine under any wrappers."""
+    last = engine
+    for last in chain(engine):
+        pass
+    return last
 
 
 def http_engine(engine):

@@ -21,7 +21,7 @@ from core import plugins
 from core.errors import UserError
 from rewriter.config import RewriterConfig
 from rewriter.guard import GuardConfig
-from rewriter.strategies import RewriteContext, RewriteResult, Strategy, build_strategy, check_strategy
+from rewriter.strategies import STRATEGIES, RewriteContext, RewriteResult, Strategy, build_strategy, check_strategy
 
 
 class RoundJob(NamedTuple):
@@ -73,7 +73,7 @@ class Rewriter:
     def plan(cls, rt: RewriterConfig, task: str | None = None) -> "Rewriter":
         """Resolve the strategy (your own class is checked here) and refuse settings it cannot serve."""
         strategy = build_strategy(rt.strategy, rt.strategy_params)
-        if rt.strategy not in ("textgrad", "direct", "rules"):
+        if rt.strategy not in STRATEGIES:
             plugins.conformance("rewriter.strategy", rt.strategy, lambda: check_strategy(strategy))
         if rt.batch != "off" and not strategy.batchable:
             raise UserError(f"rewriter.batch={rt.batch!r} needs a one-call strategy (direct, or yours with request/parse), "

@@ -55,9 +55,9 @@ def llm_usage(ctx) -> dict[str, Any]:
 
 def _routing(ctx) -> dict[str, Any]:
     """Decisions scored against the planted faults (the controlled benchmark)."""
-    from policies.quality import routing_quality
+    from policies.quality import score_run
 
-    return routing_quality(ctx.store.routing_rounds(), ctx.store.faults(), ctx.store.rewritten_by_epoch())
+    return score_run(ctx.store.decisions(), ctx.store.prompt_versions(), ctx.store.faults())
 
 
 def export_run(path: Path, ctx, state, started: float) -> dict[str, Any]:

@@ -34,7 +34,7 @@ class Plan(NamedTuple):
 def plan(cfg: Config) -> Plan:
     """Validate everything cheap to check (data, model path, policy, strategy, your plug-ins) before any folder exists."""
     from adapters.model import resolve
-    from policies import build
+    from policies import REGISTRY, build
     from rewriter.round import Rewriter
     from tasks import load_task
     from tasks.scoring import build_scorer
@@ -52,7 +52,7 @@ def plan(cfg: Config) -> Plan:
             raise UserError("policy.name=reward needs policy.path: the folder written by `nslora policy train RUN_DIR... --out DIR`")
         load_folder(params["path"])  # refuses a missing or foreign folder before anything runs
     policy = build(cfg.policy.name, params, p=cfg.saturation.p, seed=cfg.train.seed)
-    if ":" in cfg.policy.name:
+    if cfg.policy.name not in REGISTRY:  # your own class: checked on a fresh instance, the run's stays untouched
         from core import plugins
         from policies import check_policy
 
@@ -92,10 +92,8 @@ def run(cfg: Config, resume_dir: Path | None = None) -> dict[str, Any]:
     # Under torchrun / accelerate launch every process runs this function; the main one owns the run folder
     # and the rewriter, the others keep a scratch store and follow its decisions.
     wants_engine = p.policy.routes_symbolic and dist.is_main_process and p.rewriter.calls_model
-    if wants_engine and cfg.rewriter.engine != "local":  # an unreachable endpoint is refused before any folder exists
-        _agree(dist, lambda: _user_error(p.rewriter.open_remote))
-    else:
-        _agree(dist, lambda: None)
+    remote = wants_engine and cfg.rewriter.engine != "local"
+    _agree(dist, lambda: _user_error(p.rewriter.open_remote) if remote else None)  # refused before any folder exists
     path = resume_dir if resume_dir is not None else (_run_dir(cfg) if dist.is_main_process else None)
     if resume_dir is None:
         _check_disk(cfg)

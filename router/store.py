@@ -110,23 +110,16 @@ class Store:
         return self.query("SELECT * FROM signals WHERE epoch > ? ORDER BY epoch", (epoch,))
 
     def faults(self) -> dict[str, str | None]:
-        """Training sample id -> its planted fault (None: clean); empty when the task has no ground truth.
-        For scoring routing only: never part of what a policy sees."""
+        """Training sample id -> its planted fault (None: clean, and for every sample of a task without ground
+        truth). For scoring routing only: never part of what a policy sees."""
         return {r["id"]: r["fault"] for r in self.query("SELECT id, fault FROM samples WHERE split='train'")}
 
-    def routing_rounds(self) -> dict[int, list[tuple[str, str]]]:
-        """Epoch -> [(sample id, route)] of every policy decision (reverts left out)."""
-        out: dict[int, list[tuple[str, str]]] = {}
-        for r in self.query("SELECT epoch, sample_id, route FROM decisions WHERE path != 'revert' ORDER BY epoch, sample_id"):
-            out.setdefault(r["epoch"], []).append((r["sample_id"], r["route"]))
-        return out
+    def decisions(self) -> list[dict[str, Any]]:
+        return self.query("SELECT epoch, sample_id, route, path FROM decisions ORDER BY epoch, sample_id")
 
-    def rewritten_by_epoch(self) -> dict[int, set[str]]:
-        """Epoch -> the samples that trained on a rewritten prompt (version > 0) in it."""
-        out: dict[int, set[str]] = {}
-        for r in self.query("SELECT epoch, sample_id FROM signals WHERE prompt_version > 0"):
-            out.setdefault(r["epoch"], set()).add(r["sample_id"])
-        return out
+    def prompt_versions(self) -> list[dict[str, Any]]:
+        """(epoch, sample_id, prompt_version) of every signals row: which prompt each sample trained on when."""
+        return self.query("SELECT epoch, sample_id, prompt_version FROM signals ORDER BY epoch, sample_id")
 
     def losses_at(self, epoch: int) -> dict[str, float]:
         return {r["sample_id"]: r["loss"] for r in self.query("SELECT sample_id, loss FROM signals WHERE epoch=?", (epoch,))}
