@@ -232,20 +232,24 @@ class Trainer:
         side = tok.padding_side
         tok.padding_side = "left"
         mine: list[tuple[int, str]] = []
-        starts = list(range(0, len(prompts), batch_size))
+        texts = [prompt_text(tok, s, q) for s, q in prompts]
+        # Batches of similar length waste little on padding (about half the prefill time on bAbI held-out sets);
+        # the order is fixed by the texts alone, so every process and every rerun batches alike.
+        order = sorted(range(len(texts)), key=lambda i: (len(tok(texts[i], add_special_tokens=False)["input_ids"]), i))
+        starts = list(range(0, len(order), batch_size))
         try:
             # Whole batches go to one process each, so every batch is padded exactly as in a single process.
             for i in starts[self.rank :: self.world]:
-                chunk = [prompt_text(tok, s, q) for s, q in prompts[i : i + batch_size]]
-                enc = tok(chunk, return_tensors="pt", padding=True, add_special_tokens=False).to(self.accelerator.device)
+                idx = order[i : i + batch_size]
+                enc = tok([texts[j] for j in idx], return_tensors="pt", padding=True, add_special_tokens=False).to(self.accelerator.device)
                 out = model.generate(
                     **enc, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=tok.pad_token_id,
                     eos_token_id=tok.eos_token_id,
                 )
                 new = out[:, enc["input_ids"].shape[1] :]
-                mine += list(enumerate(tok.batch_decode(new, skip_special_tokens=True), start=i))
+                mine += list(zip(idx, tok.batch_decode(new, skip_special_tokens=True)))
                 if progress is not None:
-                    progress.update(len(chunk) * self.world)
+                    progress.update(len(idx) * self.world)
         finally:
             tok.padding_side = side
         return [reply for _, reply in sorted(self._gather(mine))]

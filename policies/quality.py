@@ -65,6 +65,54 @@ def routing_quality(rounds: dict[int, list[tuple[str, str]]], faults: dict[str, 
             "cumulative_recall": len(ever & faulty_all) / len(faulty_all) if faulty_all else None}
 
 
+def auc(scores: list[float], labels: list[bool]) -> float | None:
+    """Area under the ROC curve of `scores` for telling label True from False (ties count half): the chance a
+    random positive scores above a random negative. 0.5 = no signal; below 0.5 = the signal runs the other way.
+    None when either class is empty."""
+    pos = [s for s, y in zip(scores, labels) if y]
+    neg = [s for s, y in zip(scores, labels) if not y]
+    if not pos or not neg:
+        return None
+    ranked = sorted(scores)
+    # Mann-Whitney: the mid-rank of each positive among all scores.
+    first: dict[float, int] = {}
+    count: dict[float, int] = defaultdict(int)
+    for r, v in enumerate(ranked):
+        first.setdefault(v, r)
+        count[v] += 1
+    rank_sum = sum(first[v] + (count[v] + 1) / 2 for v in pos)
+    return (rank_sum - len(pos) * (len(pos) + 1) / 2) / (len(pos) * len(neg))
+
+
+SIGNALS = ("loss", "c1", "c2")
+
+
+def detection(signals: list[dict], faults: dict[str, str | None]) -> dict[str, Any]:
+    """How well each raw training signal tells the faulty training samples from the clean ones: per signal, the
+    AUC of its value (higher on faulty samples = above 0.5) over every sample still on its original prompt, per
+    epoch and averaged over epochs, overall and for each family against the clean samples."""
+    families = sorted({f for f in faults.values() if f})
+    out: dict[str, Any] = {}
+    for name in SIGNALS:
+        per_epoch: dict[str, dict[str, float | None]] = {}
+        for epoch in sorted({r["epoch"] for r in signals}):
+            rows = [r for r in signals if r["epoch"] == epoch and not r["prompt_version"] and r[name] is not None]
+            if not rows:
+                continue
+            value = {r["sample_id"]: r[name] for r in rows}
+            cell = {"all": auc(list(value.values()), [bool(faults.get(i)) for i in value])}
+            for fam in families:
+                keep = [i for i in value if faults.get(i) in (fam, None)]
+                cell[fam] = auc([value[i] for i in keep], [faults.get(i) == fam for i in keep])
+            per_epoch[str(epoch)] = cell
+        mean = {}
+        for key in ["all", *families]:
+            vals = [c[key] for c in per_epoch.values() if c.get(key) is not None]
+            mean[key] = sum(vals) / len(vals) if vals else None
+        out[name] = {"per_epoch": per_epoch, "mean": mean}
+    return out
+
+
 def score_run(decisions: list[dict], signals: list[dict], faults: dict[str, str | None]) -> dict[str, Any]:
     """`routing_quality` from a run's rows: decisions (epoch, sample_id, route, path; reverts are not routing),
     signals (epoch, sample_id, prompt_version: who trained on a rewritten prompt when) and the planted faults."""
@@ -76,4 +124,4 @@ def score_run(decisions: list[dict], signals: list[dict], faults: dict[str, str 
     for r in signals:
         if r["prompt_version"]:
             rewritten[r["epoch"]].add(r["sample_id"])
-    return routing_quality(dict(rounds), faults, dict(rewritten))
+    return {**routing_quality(dict(rounds), faults, dict(rewritten)), "detection": detection(signals, faults)}

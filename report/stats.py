@@ -9,6 +9,7 @@ seeds (with replacement) and held-out items (with replacement, the same items fo
 from __future__ import annotations
 
 from pathlib import Path
+from statistics import NormalDist
 from typing import Any
 
 import numpy as np
@@ -22,26 +23,74 @@ def mean_std(values: list[float]) -> tuple[float, float]:
     return float(a.mean()), float(a.std(ddof=1)) if a.size > 1 else 0.0
 
 
-def paired_bootstrap(diff: np.ndarray, draws: int = 10000, confidence: float = 0.95, seed: int = 0) -> dict[str, float]:
-    """diff[s, i] = arm minus baseline on item i under seed s (each in {-1, 0, 1} for accuracy).
-
-    Returns the mean difference and its percentile interval over `draws` two-level resamples.
-    """
-    diff = np.asarray(diff, dtype=float)
-    if diff.ndim != 2 or diff.size == 0:
-        raise ValueError(f"diff must be a non-empty seeds x items array, got shape {diff.shape}")
-    k, n = diff.shape
+def _resampled_means(arrays: list[np.ndarray], draws: int, seed: int) -> np.ndarray:
+    """means[d, j]: the mean of arrays[j] (seeds x items) under the d-th two-level resample, the same seeds and
+    items drawn for every array (so paired quantities stay paired)."""
+    k, n = arrays[0].shape
     rng = np.random.default_rng(seed)
-    estimates = np.empty(draws)
+    means = np.empty((draws, len(arrays)))
     chunk = max(1, 2_000_000 // (k * n))  # bounds the (chunk, k, n) gather to ~16 MB
     for start in range(0, draws, chunk):
         m = min(chunk, draws - start)
         si = rng.integers(0, k, size=(m, k))
         ii = rng.integers(0, n, size=(m, n))
-        estimates[start:start + m] = diff[si[:, :, None], ii[:, None, :]].mean(axis=(1, 2))
+        for j, a in enumerate(arrays):
+            means[start:start + m, j] = a[si[:, :, None], ii[:, None, :]].mean(axis=(1, 2))
+    return means
+
+
+def _check(a, name: str) -> np.ndarray:
+    a = np.asarray(a, dtype=float)
+    if a.ndim != 2 or a.size == 0:
+        raise ValueError(f"{name} must be a non-empty seeds x items array, got shape {a.shape}")
+    return a
+
+
+def mde(se: float, confidence: float = 0.95, power: float = 0.8) -> float:
+    """Minimum detectable effect: the smallest true difference a two-sided test at this confidence finds with
+    this power, given the standard error of the estimate ((z_{1-a/2} + z_power) * se)."""
+    z = NormalDist()
+    return float((z.inv_cdf(1 - (1 - confidence) / 2) + z.inv_cdf(power)) * se)
+
+
+def paired_bootstrap(diff: np.ndarray, draws: int = 10000, confidence: float = 0.95, seed: int = 0) -> dict[str, float]:
+    """diff[s, i] = arm minus baseline on item i under seed s (each in {-1, 0, 1} for accuracy).
+
+    Returns the mean difference, its percentile interval over `draws` two-level resamples, the bootstrap
+    standard error and the minimum detectable effect at 80% power for this many seeds and items.
+    """
+    diff = _check(diff, "diff")
+    estimates = _resampled_means([diff], draws, seed)[:, 0]
     tail = (1.0 - confidence) / 2
     low, high = np.quantile(estimates, [tail, 1.0 - tail])
-    return {"mean": float(diff.mean()), "low": float(low), "high": float(high)}
+    se = float(estimates.std(ddof=1))
+    return {"mean": float(diff.mean()), "low": float(low), "high": float(high), "se": se, "mde": mde(se, confidence)}
+
+
+def recovered_headroom(arm, floor, ceiling, draws: int = 10000, confidence: float = 0.95, seed: int = 0) -> dict[str, Any]:
+    """(arm - floor) / (ceiling - floor) on paired 0/1 correctness arrays (seeds x items, the same items in each),
+    with a percentile interval over two-level resamples. A resample where the headroom is not above 0 has no
+    ratio; when more than the interval's tail share of them lack one, the interval is not given (None): the
+    headroom itself is not distinguishable from 0, and neither is any share of it."""
+    arm, floor, ceiling = _check(arm, "arm"), _check(floor, "floor"), _check(ceiling, "ceiling")
+    if not arm.shape == floor.shape == ceiling.shape:
+        raise ValueError(f"arm, floor and ceiling must have one shape, got {arm.shape}, {floor.shape}, {ceiling.shape}")
+    means = _resampled_means([arm, floor, ceiling], draws, seed)
+    gain, room = means[:, 0] - means[:, 1], means[:, 2] - means[:, 1]
+    tail = (1.0 - confidence) / 2
+    h_low, h_high = np.quantile(room, [tail, 1.0 - tail])
+    headroom = {"mean": float(ceiling.mean() - floor.mean()), "low": float(h_low), "high": float(h_high)}
+    total = float(ceiling.mean() - floor.mean())
+    point = float((arm.mean() - floor.mean()) / total) if total > 0 else None
+    ok = room > 0
+    undefined = float(1.0 - ok.mean())
+    low = high = None
+    if undefined <= tail:
+        # A draw without a ratio counts as -inf: the lower bound stays conservative.
+        ratios = np.where(ok, gain / np.where(ok, room, 1.0), np.nan)
+        ratios = np.concatenate([ratios[ok], np.full(int((~ok).sum()), -np.inf)])
+        low, high = (float(x) for x in np.quantile(ratios, [tail, 1.0 - tail]))
+    return {"mean": point, "low": low, "high": high, "headroom": headroom, "undefined_share": undefined}
 
 
 # ------------------------------------------------------------------------------------------------ run folders
@@ -59,7 +108,7 @@ def _run_facts(run_dir: Path) -> dict[str, Any] | None:
     return {"config": run.config, "policy": run.policy, "final": m["heldout_accuracy"]["final"],
             "before": m["heldout_accuracy"]["before"], "symbolic": c.get("symbolic", 0), "accepted": c.get("rewrites_accepted", 0),
             "rewritten_samples": c.get("rewritten_samples", 0), "llm_calls": m["llm"]["calls"], "cost": m["llm"]["cost"],
-            "wall_seconds": m["wall_seconds"],
+            "wall_seconds": m["wall_seconds"], "routing": m.get("routing"),
             "correct": {e["sample_id"]: int(e["correct"]) for e in run.evals if e["epoch"] == last}}
 
 
@@ -91,14 +140,70 @@ def arm_table(name: str, arms: list[str], seeds: list[int], runs: dict[tuple[str
             row["delta"] = {**paired_bootstrap(diff, draws, confidence), "seeds": paired,
                             "wins": sum(facts[(arm, s)]["final"] > base[s]["final"] for s in paired),
                             "losses": sum(facts[(arm, s)]["final"] < base[s]["final"] for s in paired)}
+        row["routing"] = _routing_means([x["routing"] for x in f]) if any(_routes_symbolic(x["policy"]) for x in f) else None
         rows.append(row)
+    _add_headroom(rows, facts, seeds, baseline, draws, confidence)
+    detection = _detection_means([x["routing"] for s, x in base.items() if x is not None])
     n_items = next((len(x["correct"]) for x in facts.values() if x is not None), 0)
     routes = any(_routes_symbolic(x["policy"]) for x in facts.values() if x is not None)
     return {"name": name, "routes": routes, "task": config.get("task", {}).get("name"), "model": config.get("model", {}).get("name_or_path"),
             "strategy": config.get("rewriter", {}).get("strategy"), "engine": config.get("rewriter", {}).get("engine"),
             "n_train": config.get("task", {}).get("n_train"), "n_heldout": n_items, "epochs": config.get("train", {}).get("epochs"),
             "p": config.get("saturation", {}).get("p"), "baseline": baseline, "seeds": seeds, "confidence": confidence,
-            "bootstrap": draws, "arms": rows}
+            "bootstrap": draws, "arms": rows, **({"detection": detection} if detection else {})}
+
+
+CEILING = "lora-clean"  # the controlled benchmark's ceiling arm; the baseline is its floor
+
+
+def _correct(fact: dict[str, Any]) -> list[int]:
+    return [fact["correct"][i] for i in sorted(fact["correct"])]
+
+
+def _add_headroom(rows: list[dict[str, Any]], facts: dict, seeds: list[int], floor: str, draws: int, confidence: float) -> None:
+    """Each arm's recovered headroom (arm - floor) / (ceiling - floor), on the seeds all three finished."""
+    if floor == CEILING or not any(r["arm"] == CEILING for r in rows):
+        return
+    for row in rows:
+        paired = [s for s in seeds if all(facts.get((a, s)) is not None for a in (row["arm"], floor, CEILING))]
+        if row["arm"] in (floor, CEILING) or not paired:
+            continue
+        arrays = [np.array([_correct(facts[(a, s)]) for s in paired]) for a in (row["arm"], floor, CEILING)]
+        row["recovered"] = {**recovered_headroom(*arrays, draws=draws, confidence=confidence), "seeds": paired}
+
+
+def _routing_means(runs: list[dict | None]) -> dict[str, Any] | None:
+    """Routing quality against the planted faults, averaged over the arm's seeds (None without ground truth)."""
+    runs = [r for r in runs if r and r.get("planted")]
+    if not runs:
+        return None
+
+    def avg(get) -> float | None:
+        vals = [v for v in map(get, runs) if v is not None]
+        return float(np.mean(vals)) if vals else None
+
+    out = {k: avg(lambda r, k=k: r["total"][k]) for k in ("precision", "recall", "f1")}
+    out["random_f1"] = avg(lambda r: r["total"]["random"]["f1"])
+    out["cumulative_recall"] = avg(lambda r: r["cumulative_recall"])
+    out["planted"] = avg(lambda r: r["planted"])
+    return out
+
+
+def _detection_means(runs: list[dict | None]) -> dict[str, dict[str, float]] | None:
+    """Per training signal and fault family, the AUC of the signal against the planted faults, averaged over
+    epochs and the given runs (the floor arm's: nothing was rewritten there)."""
+    runs = [r for r in runs if r and r.get("planted") and r.get("detection")]
+    if not runs:
+        return None
+    out: dict[str, dict[str, float]] = {}
+    for name in runs[0]["detection"]:
+        cells: dict[str, list[float]] = {}
+        for r in runs:
+            for key, v in r["detection"][name]["mean"].items():
+                if v is not None:
+                    cells.setdefault(key, []).append(v)
+        out[name] = {k: float(np.mean(v)) for k, v in cells.items()}
+    return out
 
 
 def _routes_symbolic(policy_name: str) -> bool:
@@ -158,16 +263,69 @@ def markdown_table(tables: list[dict[str, Any]]) -> str:
         out.append("")
         if t.get("note"):
             out += [t["note"], ""]
-        out.append(f"| arm | held-out % (mean ± std) | Δ vs {t['baseline']} [{level}% CI] | wins/losses | per seed | "
+        out.append(f"| arm | held-out % (mean ± std) | Δ vs {t['baseline']} [{level}% CI] | MDE | wins/losses | per seed | "
                    "before % | routed symbolic | rewrites accepted | LLM calls | wall s |")
-        out.append("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+        out.append("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
         for r in t["arms"]:
             d = r.get("delta")
             per_seed = ", ".join(f"{100 * v:.1f}" for v in r["accuracy"]["per_seed"].values()) or "—"
             if r["missing_seeds"]:
                 per_seed += f" (missing seeds {', '.join(map(str, r['missing_seeds']))})"
             out.append(f"| {r['arm']} | {_pct(r['accuracy']['mean'], r['accuracy']['std'])} | {_delta(r)} | "
+                       f"{_pct(d['mde']) if d and 'mde' in d else '—'} | "
                        f"{str(d['wins']) + '/' + str(d['losses']) if d else '—'} | {per_seed} | {_pct(r['before_mean'])} | "
                        f"{r['symbolic']:.1f} | {r['accepted']:.1f} | {r['llm_calls']:.0f} | {r['wall_seconds']:.0f} |")
         out.append("")
+        out.append(f"MDE: the smallest difference these seeds and held-out items detect with 80% power at {level}% "
+                   "confidence; a Δ well inside it is an uninformative null, not evidence of no effect.")
+        out.append("")
+        out += _routing_table(t, level)
     return "\n".join(out)
+
+
+def _num(x: float | None, digits: int = 2) -> str:
+    return "—" if x is None else f"{x:.{digits}f}"
+
+
+def _routing_table(t: dict[str, Any], level: int) -> list[str]:
+    """Routing against the planted faults and recovered headroom (task.name=controlled only)."""
+    rows = [r for r in t["arms"] if r.get("routing") or r.get("recovered")]
+    if not rows:
+        return []
+    out = [f"Routing against the planted faults (over all rounds, mean over seeds; random = random routing of the same "
+           f"number of candidates) and recovered headroom = (arm − {t['baseline']}) / ({CEILING} − {t['baseline']}) [{level}% CI]:", "",
+           "| arm | precision | recall | F1 | random F1 | faulty samples ever routed | recovered headroom |",
+           "| --- | --- | --- | --- | --- | --- | --- |"]
+    headroom = None
+    for r in rows:
+        q, rec = r.get("routing") or {}, r.get("recovered")
+        if rec:
+            headroom = rec["headroom"]
+            interval = f" [{_pct(rec['low'])}, {_pct(rec['high'])}]" if rec["low"] is not None else " [headroom not above 0]"
+            shown = (_pct(rec["mean"]) + "%" + interval) if rec["mean"] is not None else "— (no headroom)"
+        else:
+            shown = "—"
+        out.append(f"| {r['arm']} | {_num(q.get('precision'))} | {_num(q.get('recall'))} | {_num(q.get('f1'))} | "
+                   f"{_num(q.get('random_f1'))} | {_pct(q['cumulative_recall']) + '%' if q.get('cumulative_recall') is not None else '—'} | {shown} |")
+    if t.get("detection"):
+        out += ["", _detection_table(t["detection"], t["baseline"])]
+    if headroom:
+        out += ["", f"Headroom ({CEILING} − {t['baseline']}): {100 * headroom['mean']:+.1f} points "
+                    f"[{100 * headroom['low']:+.1f}, {100 * headroom['high']:+.1f}]."]
+    out.append("")
+    return out
+
+
+def _detection_table(det: dict[str, dict[str, float]], floor: str) -> str:
+    """Which families each signal (and the reward classifier, when trained) tells apart from clean samples."""
+    names = {"loss": "loss", "c1": "C1 (loss-change ratio)", "c2": "C2 (gradient norm)", "classifier": "reward classifier P(symbolic)"}
+    keys = ["all", *sorted({k for name, cells in det.items() if name != "classifier" for k in cells} - {"all"})]
+    lines = [f"AUC of each signal against the planted faults (0.5 = blind; above 0.5 = higher on faulty samples, below = "
+             f"lower), in {floor} runs averaged over epochs; per family against the clean samples:", "",
+             "| signal | " + " | ".join(keys) + " |", "| --- |" + " --- |" * len(keys)]
+    for name, cells in det.items():
+        lines.append(f"| {names.get(name, name)} | " + " | ".join(_num(cells.get(k)) for k in keys) + " |")
+    if "classifier" in det:
+        lines += ["", f"The classifier is scored on {det['classifier'].get('samples', '?')} training samples of another draw of the "
+                      f"task (task.seed {det['classifier'].get('task_seed', '?')}) that it never saw."]
+    return "\n".join(lines)

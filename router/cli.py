@@ -111,6 +111,16 @@ def _add_policy(sub) -> None:
     ev.add_argument("policy_dir")
     ev.add_argument("run_dirs", nargs="+", metavar="RUN_DIR")
     ev.add_argument("--criterion", choices=["c1", "c2", "rewrite"], default=None)
+    be = psub.add_parser("bench", help="score a routing policy on a small controlled benchmark where the right route is known",
+                         description="Run lora-only, lora-clean and POLICY on the controlled task (planted presentation faults; the "
+                                     "reference runs are reused by later benches of the same settings) and print routing precision / "
+                                     "recall / F1 per round, the held-out difference to lora-only and the recovered headroom.")
+    be.add_argument("policy", metavar="POLICY", help="a built-in policy name, a saved reward-policy folder, or package.module:ClassName")
+    be.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                    help="change the bench's run config, e.g. --set task.n_train=96 (repeatable)")
+    be.add_argument("--seeds", type=int, nargs="+", default=[0], help="train.seed of each repetition (default: 0)")
+    be.add_argument("--jobs", type=int, default=2, help="runs side by side (default: 2)")
+    be.add_argument("--out", default="experiments", help="folder for the bench's runs (default: experiments)")
     sh = psub.add_parser("show", help="summarise a saved policy folder and write its report (calibration curve, score histogram)")
     sh.add_argument("policy_dir")
     sh.add_argument("run_dirs", nargs="*", metavar="RUN_DIR", help="runs whose pairs to score in the report (default: the policy's JSON only)")
@@ -131,6 +141,13 @@ def _policy_command(args) -> int:
 
         print(json.dumps(describe_policy(args.policy_dir), indent=2))
         print(f"report: {write_policy_report(args.policy_dir, run_dirs=args.run_dirs or None, out=args.out)}")
+        return 0
+    if args.policy_command == "bench":
+        from router.policy_bench import policy_bench
+
+        if args.jobs < 1:
+            raise UserError(f"--jobs={args.jobs} must be >= 1")
+        policy_bench(args.policy, args.overrides, jobs=args.jobs, out=args.out, seeds=args.seeds)
         return 0
     if args.policy_command == "eval":
         from policies.reward.evaluate import evaluate_policy

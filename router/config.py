@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, get_args, get_origin, get_type_hints
@@ -68,6 +69,9 @@ def _coerce(section: str, key: str, value: Any, tp: Any) -> Any:
         require(isinstance(value, int) and not isinstance(value, bool), f"{where}={value!r} must be an integer")
         return value
     if tp is float:
+        # PyYAML (YAML 1.1) reads 1e-4 and 2e9, without a dot, as strings; everyone writes learning rates so.
+        if isinstance(value, str) and re.fullmatch(r"[+-]?(\d+\.?\d*|\.\d+)[eE][+-]?\d+", value.strip()):
+            value = float(value)
         require(isinstance(value, (int, float)) and not isinstance(value, bool), f"{where}={value!r} must be a number")
         require(not math.isnan(float(value)), f"{where} is NaN; give a number")
         return float(value)

@@ -58,3 +58,28 @@ def load_trainer(trainer, run_dir: Path, epoch: int) -> None:
     trainer.skipped_steps = state["skipped_steps"]
     trainer.micro_batch = state.get("micro_batch")
     trainer.oom_halvings = state.get("oom_halvings", 0)
+
+
+def hold_folder(path: Path):
+    """An exclusive lock on a run folder for this process's lifetime: a second `nslora run` / `resume` of the same
+    folder (two experiments started on one out_dir, a resume while the run still goes) is refused instead of
+    interleaving its writes. The lock file sits beside the folder, so an overwrite can delete the folder safely;
+    the OS releases the lock when the process ends, however it ends."""
+    import fcntl
+
+    from core.errors import UserError
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle = open(path.parent / f".{path.name}.lock", "a+")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        handle.seek(0)
+        owner = handle.read().strip() or "another process"
+        handle.close()
+        raise UserError(f"run folder {path} is in use by {owner}; wait for it to finish or stop it, then `nslora resume {path}`") from None
+    handle.seek(0)
+    handle.truncate()
+    handle.write(f"nslora process {os.getpid()}")
+    handle.flush()
+    return handle

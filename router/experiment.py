@@ -35,6 +35,8 @@ ARMS: dict[str, dict[str, Any]] = {
     "loss-ratio": {"policy.name": "loss-ratio"},
     "grad-norm": {"policy.name": "grad-norm"},
     "reward": {"policy.name": "reward"},
+    # The classifier judges the text, so it need not wait for saturation: it routes from the first epoch.
+    "reward-early": {"policy.name": "reward", "policy.params.needs_saturation": False},
     "loss-ratio+system": {"policy.name": "loss-ratio", "rewriter.optimize_system": True},
     "random": {"policy.name": "random"},
     # The controlled benchmark's references (task.name=controlled): the same training samples without their
@@ -50,7 +52,7 @@ DEFAULT_ARMS = ("lora-only", "textgrad-only", "loss-ratio", "grad-norm", "reward
 class ExperimentConfig:
     name: str | None = field(default=None, metadata={"help": "Folder name under out_dir (default: the config file's name)."})
     out_dir: str = field(default="experiments", metadata={"help": "Folder that holds experiments."})
-    arms: list[str] = field(default_factory=lambda: list(DEFAULT_ARMS), metadata={"help": f"Arms to run: {', '.join(ARMS)}, or names from extra_arms (default: the first seven; lora-clean and oracle are for task.name=controlled)."})
+    arms: list[str] = field(default_factory=lambda: list(DEFAULT_ARMS), metadata={"help": f"Arms to run: {', '.join(ARMS)}, or names from extra_arms (default: {', '.join(DEFAULT_ARMS)}; lora-clean, oracle and reward-early are for task.name=controlled)."})
     extra_arms: dict[str, dict[str, Any]] = field(default_factory=dict, metadata={"help": "Your own arms: name -> {section.key: value} changes to the base config."})
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2], metadata={"help": "train.seed of each repetition (LoRA init, batch order, random routing); the train / held-out split stays task.seed, so every arm and seed answers the same held-out items."})
     baseline: str = field(default="lora-only", metadata={"help": "Arm the paired differences are taken against."})
@@ -66,14 +68,22 @@ class ExperimentConfig:
         for arm in self.arms:
             require(arm in known, f"experiment.arms: unknown arm {arm!r}; built-in arms: {', '.join(ARMS)}; add your own under experiment.extra_arms")
         require(len(set(self.arms)) == len(self.arms), f"experiment.arms={self.arms!r} repeats an arm")
-        if "reward" in self.arms:
-            require("lora-only" in self.arms, "experiment.arms has reward but not lora-only: the reward policy is trained on the lora-only runs")
+        if any(self.is_reward(a) for a in self.arms):
+            require("lora-only" in self.arms, "experiment.arms has a reward arm but not lora-only: the reward policy is trained on the lora-only runs")
         require(self.baseline in self.arms, f"experiment.baseline={self.baseline!r} is not among experiment.arms")
         require(self.bootstrap >= 100, f"experiment.bootstrap={self.bootstrap!r} must be >= 100")
         require(0.5 <= self.confidence < 1.0, f"experiment.confidence={self.confidence!r} must be in [0.5, 1)")
         for arm, changes in self.extra_arms.items():
             require(isinstance(changes, dict) and all(isinstance(k, str) and "." in k for k in changes),
                    f"experiment.extra_arms.{arm} must map section.key to a value, e.g. {{policy.name: random}}")
+
+
+    def changes(self, arm: str) -> dict[str, Any]:
+        return dict(ARMS.get(arm, {})) | dict(self.extra_arms.get(arm, {}))
+
+    def is_reward(self, arm: str) -> bool:
+        """An arm routed by the reward policy this experiment trains (policy.path is filled in for it)."""
+        return self.changes(arm).get("policy.name") == "reward" and "policy.path" not in self.changes(arm)
 
 
 def load_experiment(path: str, overrides: list[str] | None = None) -> tuple[ExperimentConfig, dict[str, Any]]:
@@ -94,8 +104,8 @@ def load_experiment(path: str, overrides: list[str] | None = None) -> tuple[Expe
 
 
 def _arm_sets(exp: ExperimentConfig, arm: str, policy_dir: Path, seed: int) -> list[str]:
-    changes = dict(ARMS.get(arm, {})) | dict(exp.extra_arms.get(arm, {}))
-    if arm == "reward":
+    changes = exp.changes(arm)
+    if exp.is_reward(arm):
         changes["policy.path"] = str(policy_dir)
     changes["train.seed"] = seed
     return [f"{k}={json.dumps(v)}" for k, v in changes.items()]
@@ -128,8 +138,9 @@ class Experiment:
 
     def _order(self) -> list[str]:
         # lora-only first (the reward policy learns from it), reward last; the rest in the order given.
-        arms = [a for a in self.exp.arms if a not in ("lora-only", "reward")]
-        return (["lora-only"] if "lora-only" in self.exp.arms else []) + arms + (["reward"] if "reward" in self.exp.arms else [])
+        reward = [a for a in self.exp.arms if self.exp.is_reward(a)]
+        arms = [a for a in self.exp.arms if a != "lora-only" and a not in reward]
+        return (["lora-only"] if "lora-only" in self.exp.arms else []) + arms + reward
 
     # ------------------------------------------------------------------------------------------------ running
 
@@ -153,10 +164,10 @@ class Experiment:
             futures: dict[tuple[str, int], Future] = {}
             reward_policy: Future | None = None
             for job in self.jobs_list:
-                if job.arm == "reward" and reward_policy is None:
+                if self.exp.is_reward(job.arm) and reward_policy is None:
                     deps = [futures[("lora-only", s)] for s in self.exp.seeds]
                     reward_policy = pool.submit(self._train_policy, deps, threads)
-                wait = [reward_policy] if job.arm == "reward" else []
+                wait = [reward_policy] if self.exp.is_reward(job.arm) else []
                 futures[(job.arm, job.seed)] = pool.submit(self._run_job, job, wait, threads)
             for f in futures.values():
                 f.result()
@@ -243,9 +254,33 @@ class Experiment:
                           draws=self.exp.bootstrap, confidence=self.exp.confidence)
         if self.note:
             table["note"] = self.note
+        classifier = self._classifier_detection() if table.get("detection") else None
+        if classifier:
+            table["detection"]["classifier"] = classifier
         _atomic_text(self.root / "results.json", json.dumps(table, indent=2))
         _atomic_text(self.root / "results.md", markdown_table([table]))
         return table
+
+
+    def _classifier_detection(self) -> dict[str, Any] | None:
+        """The trained reward policy's AUC against the planted faults, on training samples it never saw: the
+        same task drawn with the next task.seed (its stories and faults are new). Kept beside the policy."""
+        from policies.reward.evaluate import ground_truth_auc
+        from policies.reward.pairs import sample_text
+        from tasks import load_task
+
+        cache = self.policy_dir / "ground-truth-auc.json"
+        if cache.is_file():
+            return json.loads(cache.read_text())
+        if not (self.policy_dir / "policy.json").is_file():
+            return None
+        cfg = from_dict(self.base)
+        cfg.task.seed += 1
+        _, train, _ = load_task(cfg.task)
+        out = ground_truth_auc(self.policy_dir, [(sample_text(s.system, s.question), s.meta.get("fault")) for s in train])
+        out["task_seed"] = cfg.task.seed
+        _atomic_text(cache, json.dumps(out, indent=2))
+        return out
 
 
 def run_experiments(paths: list[str], overrides: list[str], jobs: int, out: str | None = None, echo=print) -> list[dict[str, Any]]:

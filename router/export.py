@@ -57,7 +57,7 @@ def _routing(ctx) -> dict[str, Any]:
     """Decisions scored against the planted faults (the controlled benchmark)."""
     from policies.quality import score_run
 
-    return score_run(ctx.store.decisions(), ctx.store.prompt_versions(), ctx.store.faults())
+    return score_run(ctx.store.decisions(), ctx.store.signal_rows(), ctx.store.faults())
 
 
 def export_run(path: Path, ctx, state, started: float) -> dict[str, Any]:

@@ -102,6 +102,10 @@ def run(cfg: Config, resume_dir: Path | None = None) -> dict[str, Any]:
         p.rewriter.open_local(*_local_rewriter_model(cfg))
     p.rewriter.ready(cfg.run.out_dir)  # the reply cache sits beside the run folders: a rerun pays nothing twice
     model = _wrap(model, cfg)
+    if dist.is_main_process:  # after every refusal, so a refused run leaves nothing behind
+        from router.durable import hold_folder
+
+        lock = hold_folder(path)  # noqa: F841  (held until this process ends)
     store, scratch = _open_store(cfg, path, dist, resume_dir is None)
     store.put_meta(model_source=source, policy=repr(p.policy), started=datetime.now().isoformat(timespec="seconds"),
                    processes=dist.num_processes)

@@ -117,9 +117,9 @@ class Store:
     def decisions(self) -> list[dict[str, Any]]:
         return self.query("SELECT epoch, sample_id, route, path FROM decisions ORDER BY epoch, sample_id")
 
-    def prompt_versions(self) -> list[dict[str, Any]]:
-        """(epoch, sample_id, prompt_version) of every signals row: which prompt each sample trained on when."""
-        return self.query("SELECT epoch, sample_id, prompt_version FROM signals ORDER BY epoch, sample_id")
+    def signal_rows(self) -> list[dict[str, Any]]:
+        """Every signals row (epoch, sample_id, prompt_version, loss, c1, c2, correct), in epoch order."""
+        return self.query("SELECT * FROM signals ORDER BY epoch, sample_id")
 
     def losses_at(self, epoch: int) -> dict[str, float]:
         return {r["sample_id"]: r["loss"] for r in self.query("SELECT sample_id, loss FROM signals WHERE epoch=?", (epoch,))}

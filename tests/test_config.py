@@ -40,3 +40,13 @@ def test_missing_and_broken_config_files(tmp_path):
     bad.write_text("train: [1, 2\n")
     with pytest.raises(UserError, match="not valid YAML"):
         load(str(bad))
+
+
+def test_exponent_numbers_without_a_dot_are_numbers_in_yaml_and_set(tmp_path):
+    # PyYAML reads `lr: 1e-4` as a string; a learning rate written so must still be a number.
+    p = tmp_path / "c.yaml"
+    p.write_text("train:\n  lr: 1e-4\n")
+    assert load(str(p)).train.lr == 1e-4
+    assert load(None, ["saturation.k=2E3"]).saturation.k == 2000.0
+    with pytest.raises(UserError, match="train.lr='fast' must be a number"):
+        load(None, ["train.lr=fast"])

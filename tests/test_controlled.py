@@ -7,12 +7,15 @@ import textwrap
 
 import pytest
 
-from policies.quality import round_quality, routing_quality
+import numpy as np
+
+from policies.quality import auc, detection, round_quality, routing_quality
 from router.cli import main
 from tasks import load_task
 from tasks.config import TaskConfig
 from tasks.controlled import FAMILIES, canonical
 from test_e2e import KEY, rows, tiny_dir, write_config  # noqa: F401  (fixture)
+from test_reward import tiny_backbone, trained  # noqa: F401  (fixtures)
 
 
 def _split(babi_task=1, share=0.5, n_train=120, **params):
@@ -83,6 +86,26 @@ def test_routing_quality_on_a_hand_built_round():
     assert later["rounds"]["3"]["faulty"] == 0 and later["rounds"]["3"]["precision"] == 0.0
 
 
+def test_auc_and_signal_detection_on_hand_built_cases():
+    from sklearn.metrics import roc_auc_score
+
+    assert auc([0.1, 0.4, 0.35, 0.8], [False, False, True, True]) == 0.75
+    assert auc([1.0, 1.0], [False, True]) == 0.5 and auc([1.0], [True]) is None
+    rng = np.random.default_rng(0)
+    scores, labels = rng.integers(0, 5, 200).tolist(), (rng.random(200) < 0.3).tolist()  # many ties
+    assert auc(scores, labels) == pytest.approx(roc_auc_score(labels, scores))
+    faults = {"a": "noise", "b": "noise", "c": "shuffled", "d": None, "e": None}
+    row = lambda e, i, v, loss: {"epoch": e, "sample_id": i, "prompt_version": v, "loss": loss, "c1": None, "c2": 1.0}
+    signals = [row(1, "a", 0, 5.0), row(1, "b", 0, 4.0), row(1, "c", 0, 1.0), row(1, "d", 0, 2.0), row(1, "e", 0, 3.0),
+               # epoch 2: a trains on a rewrite, so it no longer counts; b is still above the clean samples
+               row(2, "a", 1, 0.0), row(2, "b", 0, 4.0), row(2, "c", 0, 3.0), row(2, "d", 0, 2.0), row(2, "e", 0, 1.0)]
+    det = detection(signals, faults)
+    assert det["loss"]["per_epoch"]["1"] == {"all": 4 / 6, "noise": 1.0, "shuffled": 0.0}
+    assert det["loss"]["per_epoch"]["2"] == {"all": 1.0, "noise": 1.0, "shuffled": 1.0}
+    assert det["loss"]["mean"]["shuffled"] == 0.5 and det["c1"]["per_epoch"] == {}
+    assert det["c2"]["mean"]["all"] == 0.5  # the same value everywhere: blind
+
+
 SPY = '''
 import json, os
 from policies.signal import LossRatioPolicy
@@ -144,3 +167,32 @@ def test_ground_truth_never_reaches_a_policy_or_reward_pairs(tiny_dir, tmp_path,
         assert "fault" not in " ".join(split.column_names)
         assert not any(w in text for text in list(split["chosen"]) + list(split["rejected"]) for w in words)
     assert "routing" in json.loads((run / "metrics.json").read_text())
+
+
+def test_a_reward_policy_is_scored_against_the_planted_faults(tiny_dir, trained, tmp_path, capsys):
+    import shutil
+
+    import yaml
+
+    from policies.quality import auc
+    from policies.reward.pairs import sample_text
+    from policies.reward.policy import RewardPolicy
+    from router.experiment import Experiment, ExperimentConfig
+
+    _, policy_dir = trained
+    run = _controlled_run(tmp_path, tiny_dir, "lora-only")
+    capsys.readouterr()
+    assert main(["policy", "eval", str(policy_dir), str(run), "--criterion", "c1"]) == 0
+    gt = json.loads(capsys.readouterr().out)["ground_truth_auc"]
+    train = rows(run, "SELECT system, question, fault FROM samples WHERE split='train' ORDER BY id")
+    probs = RewardPolicy(str(policy_dir)).proba([sample_text(r["system"], r["question"]) for r in train]).tolist()
+    assert gt["samples"] == 16 and gt["all"] == pytest.approx(auc(probs, [bool(r["fault"]) for r in train]))
+    assert set(gt) == {"all", "samples", *{r["fault"] for r in train if r["fault"]}}
+    # An experiment scores its trained policy on a fresh draw of the task (the next task.seed), once.
+    base = yaml.safe_load((run / "config.yaml").read_text())
+    exp = ExperimentConfig(name="x", out_dir=str(tmp_path / "exp"), arms=["lora-only", "reward"], seeds=[0])
+    runner = Experiment(exp, base)
+    shutil.copytree(policy_dir, runner.policy_dir)
+    fresh = runner._classifier_detection()
+    assert fresh["task_seed"] == base["task"]["seed"] + 1 and fresh["samples"] == 16 and 0.0 <= fresh["all"] <= 1.0
+    assert json.loads((runner.policy_dir / "ground-truth-auc.json").read_text()) == fresh

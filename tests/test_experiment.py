@@ -9,7 +9,7 @@ import pytest
 import torch
 import yaml
 
-from report.stats import mean_std, paired_bootstrap
+from report.stats import mde, mean_std, paired_bootstrap, recovered_headroom
 from router.cli import main
 from test_e2e import rows, tiny_dir  # noqa: F401  (tiny_dir: fixture)
 from test_reward import tiny_backbone  # noqa: F401  (fixture)
@@ -58,8 +58,8 @@ def test_mean_std_is_the_sample_standard_deviation():
 
 
 def test_paired_bootstrap_interval():
-    assert paired_bootstrap(np.zeros((3, 40)), draws=500) == {"mean": 0.0, "low": 0.0, "high": 0.0}
-    assert paired_bootstrap(np.ones((3, 40)), draws=500) == {"mean": 1.0, "low": 1.0, "high": 1.0}
+    assert paired_bootstrap(np.zeros((3, 40)), draws=500) == {"mean": 0.0, "low": 0.0, "high": 0.0, "se": 0.0, "mde": 0.0}
+    assert paired_bootstrap(np.ones((3, 40)), draws=500)["low"] == 1.0
     rng = np.random.default_rng(1)
     small = rng.choice([-1, 0, 0, 1, 1], size=(3, 30))
     big = rng.choice([-1, 0, 0, 1, 1], size=(3, 3000))
@@ -75,6 +75,27 @@ def test_paired_bootstrap_interval():
     assert c["low"] == -1.0 and c["high"] == 1.0
     with pytest.raises(ValueError):
         paired_bootstrap(np.zeros(5))
+    # The MDE follows the standard error: four times the items, about half the detectable effect.
+    assert mde(0.01) == pytest.approx((1.959964 + 0.841621) * 0.01, rel=1e-5)
+    assert a["mde"] == pytest.approx(mde(a["se"])) and a["se"] > 0
+    quad = paired_bootstrap(rng.choice([-1, 0, 0, 1, 1], size=(3, 120)), draws=2000)
+    assert 0.35 < quad["mde"] / a["mde"] < 0.65
+
+
+def test_recovered_headroom_on_a_hand_built_case():
+    floor = np.array([[1] * 20 + [0] * 80])  # 0.20
+    ceiling = np.array([[1] * 60 + [0] * 40])  # 0.60
+    arm = np.array([[1] * 40 + [0] * 60])  # 0.40: half the headroom recovered
+    r = recovered_headroom(arm, floor, ceiling, draws=2000)
+    assert r["mean"] == pytest.approx(0.5) and r["headroom"]["mean"] == pytest.approx(0.4)
+    assert r["low"] < 0.5 < r["high"] and r["headroom"]["low"] > 0 and r["undefined_share"] == 0.0
+    assert recovered_headroom(ceiling, floor, ceiling, draws=500)["mean"] == 1.0
+    assert recovered_headroom(floor, floor, ceiling, draws=500)["mean"] == 0.0
+    # No headroom: no ratio and no interval, whatever the arm did.
+    none = recovered_headroom(arm, floor, floor, draws=500)
+    assert none["mean"] is None and none["low"] is None and none["undefined_share"] == 1.0
+    with pytest.raises(ValueError):
+        recovered_headroom(arm, floor, np.ones((2, 100)), draws=100)
 
 
 # ------------------------------------------------------------------------------------------------ experiment

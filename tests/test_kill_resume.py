@@ -160,3 +160,23 @@ def test_resume_of_a_finished_graph_without_its_outputs_exports_again(tiny_dir, 
     after = json.loads((run_dir / "metrics.json").read_text())
     assert after["heldout_accuracy"] == before["heldout_accuracy"] and after["counts"] == before["counts"]
     assert (run_dir / "adapter" / "adapter_model.safetensors").read_bytes() == adapter
+
+
+def test_a_run_folder_in_use_is_refused_and_left_alone(tiny_dir, tmp_path, capsys):
+    from router.cli import main
+    from router.durable import hold_folder
+
+    cfg = write_config(tmp_path, tiny_dir, None, policy={"name": "lora-only"}, train={"epochs": 1})
+    run_dir = tmp_path / "runs" / "r"
+    lock = hold_folder(run_dir)  # as a run in another process would
+    assert main(["run", str(cfg), "--set", "run.overwrite=true"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert f"run folder {run_dir} is in use by nslora process {os.getpid()}" in err and "\n" not in err
+    assert not run_dir.exists()
+    lock.close()  # the other process ended: the folder is free again
+    assert main(["run", str(cfg)]) == 0
+    (run_dir / "metrics.json").unlink()
+    lock = hold_folder(run_dir)
+    assert main(["resume", str(run_dir)]) == 2 and "in use by" in capsys.readouterr().err
+    assert not (run_dir / "metrics.json").exists()
+    lock.close()

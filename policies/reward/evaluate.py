@@ -8,6 +8,7 @@ import numpy as np
 
 from policies.base import SampleView
 from policies.reward.folder import load_folder
+from policies.reward.pairs import sample_text
 
 
 def views_from_runs(run_dirs) -> list[SampleView]:
@@ -51,7 +52,41 @@ def evaluate_policy(path: str | Path, run_dirs, criterion: str | None = None, ma
         "deferred_share": float(np.mean([d.path == "fallback" for d in decisions])),
         "symbolic_share": float(np.mean([d.route == "symbolic" for d in decisions])),
     })
+    planted = [item for d in run_dirs for item in planted_faults(d)]
+    if planted:  # a controlled run: how well P(symbolic) finds the planted faults it never saw
+        metrics["ground_truth_auc"] = ground_truth_auc(path, planted)
     return metrics
+
+
+def planted_faults(run_dir: str | Path) -> list[tuple[str, str | None]]:
+    """(text, planted fault or None) of each training sample of a controlled run, as first presented; [] for a
+    run without ground truth. Read here for scoring only: pairs and views never carry the fault."""
+    import sqlite3
+
+    db = sqlite3.connect(f"file:{Path(run_dir) / 'run.sqlite'}?mode=ro", uri=True)
+    try:
+        rows = db.execute("SELECT system, question, fault FROM samples WHERE split='train' ORDER BY id").fetchall()
+    except sqlite3.OperationalError:  # a run from before the column existed
+        return []
+    finally:
+        db.close()
+    return [(sample_text(system, question), fault) for system, question, fault in rows] if any(f for _, _, f in rows) else []
+
+
+def ground_truth_auc(path: str | Path, items: list[tuple[str, str | None]]) -> dict[str, float | None]:
+    """AUC of the saved policy's P(symbolic) against the planted faults: overall ("all") and for each family
+    against the clean samples. `items` are (text, fault or None)."""
+    from policies.quality import auc
+    from policies.reward.policy import RewardPolicy
+
+    meta, _, _ = load_folder(path)
+    texts = [t for t, _ in items]
+    probs = RewardPolicy(str(path), p=meta["p"]).proba(texts).tolist()
+    out = {"all": auc(probs, [bool(f) for _, f in items]), "samples": len(items)}
+    for fam in sorted({f for _, f in items if f}):
+        keep = [k for k, (_, f) in enumerate(items) if f in (fam, None)]
+        out[fam] = auc([probs[k] for k in keep], [items[k][1] == fam for k in keep])
+    return out
 
 
 def describe_policy(path: str | Path) -> dict:

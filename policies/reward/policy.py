@@ -18,8 +18,12 @@ from policies.reward.pairs import sample_text
 class RewardPolicy(Policy):
     name = "reward"
 
-    def __init__(self, path: str, p: float = 0.1, band: float | None = None, fallback: str = "loss-ratio", batch_size: int = 64):
+    def __init__(self, path: str, p: float = 0.1, band: float | None = None, fallback: str = "loss-ratio", batch_size: int = 64,
+                 needs_saturation: bool = True):
         self.path = path
+        # The classifier judges the text, not the training curve, so it may route from the first epoch on
+        # (needs_saturation=False: every epoch's misclassified samples are candidates).
+        self.needs_saturation = needs_saturation
         self.p = p
         self.band = band
         self.fallback = fallback
