@@ -223,34 +223,37 @@ class Trainer:
                 progress.update(len(batch))
         return out
 
-    @torch.no_grad()
     def generate(self, prompts: list[tuple[str, str]], max_new_tokens: int, batch_size: int, progress=None) -> list[str]:
-        """Greedy answers to (system, question) prompts, left-padded batches."""
-        tok = self.tokenizer
+        """Greedy answers to (system, question) prompts; every process answers its share of the batches."""
         model = self.accelerator.unwrap_model(self.model)
-        model.eval()
-        side = tok.padding_side
-        tok.padding_side = "left"
-        mine: list[tuple[int, str]] = []
-        texts = [prompt_text(tok, s, q) for s, q in prompts]
-        # Batches of similar length waste little on padding (about half the prefill time on bAbI held-out sets);
-        # the order is fixed by the texts alone, so every process and every rerun batches alike.
-        order = sorted(range(len(texts)), key=lambda i: (len(tok(texts[i], add_special_tokens=False)["input_ids"]), i))
-        starts = list(range(0, len(order), batch_size))
-        try:
-            # Whole batches go to one process each, so every batch is padded exactly as in a single process.
-            for i in starts[self.rank :: self.world]:
-                idx = order[i : i + batch_size]
-                enc = tok([texts[j] for j in idx], return_tensors="pt", padding=True, add_special_tokens=False).to(self.accelerator.device)
-                out = model.generate(
-                    **enc, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=tok.pad_token_id,
-                    eos_token_id=tok.eos_token_id,
-                )
-                new = out[:, enc["input_ids"].shape[1] :]
-                mine += list(zip(idx, tok.batch_decode(new, skip_special_tokens=True)))
-                if progress is not None:
-                    progress.update(len(idx) * self.world)
-        finally:
-            tok.padding_side = side
+        mine = greedy_replies(model, self.tokenizer, prompts, max_new_tokens, batch_size, progress, self.rank, self.world)
         return [reply for _, reply in sorted(self._gather(mine))]
 
+
+@torch.no_grad()
+def greedy_replies(model, tokenizer, prompts: list[tuple[str, str]], max_new_tokens: int, batch_size: int, progress=None,
+                   rank: int = 0, world: int = 1) -> list[tuple[int, str]]:
+    """(index, greedy reply) for this process's batches of (system, question) prompts, left-padded.
+
+    Batches of similar length waste little on padding (about half the prefill time on bAbI held-out sets); the
+    order is fixed by the texts alone, so every process and every rerun batches alike, and whole batches go to
+    one process each, so every batch is padded exactly as in a single process."""
+    tok = tokenizer
+    model.eval()
+    side = tok.padding_side
+    tok.padding_side = "left"
+    texts = [prompt_text(tok, s, q) for s, q in prompts]
+    order = sorted(range(len(texts)), key=lambda i: (len(tok(texts[i], add_special_tokens=False)["input_ids"]), i))
+    mine: list[tuple[int, str]] = []
+    try:
+        for start in list(range(0, len(order), batch_size))[rank::world]:
+            idx = order[start : start + batch_size]
+            enc = tok([texts[j] for j in idx], return_tensors="pt", padding=True, add_special_tokens=False).to(model.device)
+            out = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=tok.pad_token_id,
+                                 eos_token_id=tok.eos_token_id)
+            mine += list(zip(idx, tok.batch_decode(out[:, enc["input_ids"].shape[1] :], skip_special_tokens=True)))
+            if progress is not None:
+                progress.update(len(idx) * world)
+    finally:
+        tok.padding_side = side
+    return mine

@@ -196,6 +196,17 @@ def route_totals(run: Run) -> list[dict[str, Any]]:
             for p, v in sorted(c.items())]
 
 
+def evaluations(run: Run) -> list[dict[str, Any]]:
+    """The summaries `nslora eval` wrote into this run folder (RUN/evals/<name>/summary.json), by name."""
+    out = []
+    for f in sorted((run.path / "evals").glob("*/summary.json")) if (run.path / "evals").is_dir() else []:
+        try:
+            out.append(json.loads(f.read_text()))
+        except (OSError, ValueError):
+            continue  # a summary being written right now, or a foreign file: not an evaluation to show
+    return out
+
+
 def routing_quality(run: Run) -> dict[str, Any] | None:
     """Decisions against the planted faults of a controlled run (None for a task without ground truth)."""
     train = [s for s in run.samples if s["split"] == "train"]

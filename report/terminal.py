@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from report import data as D
@@ -62,6 +63,7 @@ def inspect_tables(run: D.Run) -> list:
     out.append(t)
 
     out += _routing_tables(run)
+    out += _evaluation_table(run)
 
     u = D.usage(run)
     t = Table(title="LLM usage (rewriter)", title_justify="left", header_style="bold")
@@ -71,6 +73,25 @@ def inspect_tables(run: D.Run) -> list:
               cost(u["cost"]), f"{u['seconds']:.1f}")
     out.append(t)
     return out
+
+
+def _evaluation_table(run: D.Run) -> list:
+    """The run's `nslora eval` results (RUN/evals/*/summary.json), strict and flexible with their intervals."""
+    from rich.table import Table
+
+    found = D.evaluations(run)
+    if not found:
+        return []
+    t = Table(title="Evaluations (nslora eval)", title_justify="left", header_style="bold")
+    for col in ("data", "samples", "truncated", "strict", "flexible"):
+        t.add_column(col, justify="left" if col == "data" else "right")
+
+    def cell(a):
+        return f"{pct(a['accuracy'])} [{pct(a['low'])}, {pct(a['high'])}]" if a else "—"
+
+    for e in found:
+        t.add_row(Path(e["data"]).name, str(e["samples"]), str(e["truncated"]), cell(e.get("strict")), cell(e.get("flexible")))
+    return [t]
 
 
 def _routing_tables(run: D.Run) -> list:

@@ -42,6 +42,31 @@ def _parser() -> argparse.ArgumentParser:
     res = sub.add_parser("resume", help="continue a stopped run from its last checkpoint",
                          description="Continue RUN_DIR from its last checkpoint: finished rewrites are not requested again.")
     res.add_argument("run_dir", metavar="RUN_DIR")
+    exp = sub.add_parser("export", help="the run's model with its LoRA merged in, as a transformers folder to serve",
+                         description="Merge RUN_DIR's adapter into its base model and save model, tokenizer and chat template to "
+                                     "DIR (loadable by AutoModelForCausalLM.from_pretrained, vLLM, TGI); checked against the adapter's "
+                                     "logits before the folder is put in place.")
+    exp.add_argument("run_dir", metavar="RUN_DIR")
+    exp.add_argument("--merged", metavar="DIR", help="folder to write the merged model to")
+    exp.add_argument("--gguf", metavar="FILE", help="GGUF file of the merged model for llama.cpp / Ollama (llama-architecture models)")
+    exp.add_argument("--gguf-type", default="f16", choices=["f16", "q8_0"], help="GGUF weight type (default: f16)")
+    exp.add_argument("--trl", metavar="FILE", help="JSONL of the augmented training data in TRL's prompt-completion format")
+    exp.add_argument("--overwrite", action="store_true", help="replace DIR if it exists")
+    ev = sub.add_parser("eval", help="score a run, an adapter or a base model on a test file (strict and flexible accuracy)",
+                        description="Answer every sample of FILE with TARGET (a run folder, an adapter folder or a base model) by "
+                                    "batched greedy generation; print strict and flexible accuracy with 95%% bootstrap intervals and "
+                                    "write replies.jsonl and summary.json (default folder: RUN/evals/<file name>, else evals/<file name>).")
+    ev.add_argument("target", metavar="TARGET")
+    ev.add_argument("--data", required=True, metavar="FILE", help="test data in the task's own format (for sft: JSONL / CSV / Parquet / a saved dataset)")
+    ev.add_argument("--task", default=None, help="task name (default: the run's); needed for an adapter or a base model")
+    ev.add_argument("--param", action="append", default=[], metavar="KEY=VALUE", help="a task.params entry, e.g. --param answer=label (repeatable)")
+    ev.add_argument("--out", default=None, help="folder for replies.jsonl and summary.json")
+    ev.add_argument("--limit", type=int, default=None, help="only the first N samples of the file")
+    ev.add_argument("--max-new-tokens", type=int, default=32)
+    ev.add_argument("--batch-size", type=int, default=16)
+    ev.add_argument("--max-length", type=int, default=512, help="prompt tokens allowed (default 512)")
+    ev.add_argument("--long", choices=["refuse", "truncate"], default="refuse",
+                    help="a longer prompt: refuse (default), or drop story lines from the front, keeping the question")
     _add_policy(sub)
     return parser
 
@@ -234,7 +259,47 @@ def _resume_command(args) -> int:
     return 0
 
 
-COMMANDS = {"run": _run_command, "experiment": _experiment_command, "train": _train_command, "inspect": _report_command,
+def _eval_command(args) -> int:
+    import yaml
+
+    from router.evaluate import evaluate, table
+    from router.run import _quiet_libraries
+
+    params = {}
+    for item in args.param:
+        key, eq, value = item.partition("=")
+        if not eq or not key:
+            raise UserError(f"--param {item!r}: write it as key=value, e.g. answer=label")
+        params[key] = yaml.safe_load(value)
+    _quiet_libraries()
+    summary = evaluate(args.target, args.data, task=args.task, params=params, out=args.out, max_new_tokens=args.max_new_tokens,
+                       batch_size=args.batch_size, max_length=args.max_length, long=args.long, progress=sys.stderr.isatty(),
+                       limit=args.limit)
+    print(table(summary))
+    return 0
+
+
+def _export_command(args) -> int:
+    import json
+
+    from router.model_export import export_model
+    from router.run import _quiet_libraries
+
+    from router.model_export import export_trl
+
+    if not (args.merged or args.gguf or args.trl):
+        raise UserError("nslora export needs --merged DIR, --gguf FILE and / or --trl FILE")
+    _quiet_libraries()
+    report = {}
+    if args.trl:
+        report.update(export_trl(args.run_dir, args.trl))
+    if args.merged or args.gguf:
+        report.update(export_model(args.run_dir, args.merged, args.gguf, args.gguf_type, overwrite=args.overwrite))
+    print(json.dumps(report, indent=2))
+    return 0
+
+
+COMMANDS = {"eval": _eval_command, "export": _export_command, "run": _run_command, "experiment": _experiment_command, "train": _train_command, "inspect": _report_command,
             "compare": _report_command, "resume": _resume_command, "policy": _policy_command}
 
 

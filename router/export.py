@@ -33,13 +33,16 @@ def augmented_rows(ctx, state) -> list[dict[str, Any]]:
         rewrites.setdefault(r["sample_id"], []).append(
             {"epoch": r["epoch"], "engine": r["engine"], "strategy": r["strategy"], "version": r["version"]})
     shared = state.get("shared_system")
+    as_row = getattr(ctx.task, "as_row", None)  # your data's own format (task.name=sft), beside ours
     rows = []
     for s in ctx.train:
         p = state["prompts"][s.id]
-        rows.append({"id": s.id, "system": shared or p["system"], "question": p["question"], "answer": s.answer,
+        system = shared or p["system"]
+        rows.append({"id": s.id, "system": system, "question": p["question"], "answer": s.answer,
                      "target": s.target, "version": p["version"], "original_system": s.system,
                      "original_question": s.question, "rewritten": p["version"] > 0 or bool(shared),
-                     "provenance": json.dumps(rewrites.get(s.id, []))})
+                     "provenance": json.dumps(rewrites.get(s.id, [])),
+                     **(as_row(s, system, p["question"]) if as_row is not None else {})})
     return rows
 
 
@@ -51,6 +54,16 @@ def llm_usage(ctx) -> dict[str, Any]:
     if budget is not None:
         usage["budget"] = {**budget.snapshot(), "exhausted": budget.exhausted()}
     return usage
+
+
+def _both_scorings(ctx) -> dict[str, Any]:
+    """Before / final held-out accuracy under strict and flexible scoring alike (whichever is the headline)."""
+    out = {}
+    for name in ("strict", "flexible"):
+        acc = ctx.store.accuracy_by_epoch(name)
+        if acc:
+            out[name] = {"before": acc.get(0), "final": acc[max(acc)]}
+    return out
 
 
 def _routing(ctx) -> dict[str, Any]:
@@ -74,9 +87,11 @@ def export_run(path: Path, ctx, state, started: float) -> dict[str, Any]:
     last = max(acc)
     counts = ctx.store.counts()
     counts.update({"train": len(ctx.train), "heldout": len(ctx.heldout),
-                   "rewritten_samples": sum(r["version"] > 0 for r in rows)})
+                   "rewritten_samples": sum(r["version"] > 0 for r in rows),
+                   "truncated": sum(bool(s.meta.get("truncated")) for s in ctx.train + ctx.heldout)})
     metrics = {
-        "heldout_accuracy": {"before": acc[0], "final": acc[last], "per_epoch": {str(k): acc[k] for k in sorted(acc)}},
+        "heldout_accuracy": {"before": acc[0], "final": acc[last], "per_epoch": {str(k): acc[k] for k in sorted(acc)},
+                             "scoring": ctx.cfg.task.scoring, **_both_scorings(ctx)},
         "train": ctx.store.epoch_rows(),
         "counts": counts,
         "llm": llm_usage(ctx),

@@ -77,8 +77,7 @@ def evaluate(state, ctx: RunContext):
     bar = ctx.progress(len(prompts), f"evaluate epoch {epoch}")
     replies = ctx.trainer.generate(prompts, cfg.train.max_new_tokens, cfg.train.eval_batch_size, bar)
     _close(bar)
-    rows = [{"epoch": epoch, "sample_id": s.id, "reply": reply, "prediction": ctx.task.extract(reply),
-             "correct": int(ctx.score(reply, s))} for s, reply in zip(ctx.heldout, replies)]
+    rows = [score_reply(ctx, epoch, s, reply) for s, reply in zip(ctx.heldout, replies)]
     ctx.store.add_evals(rows)
     acc = sum(r["correct"] for r in rows) / len(rows)
     ctx.store.set_heldout_accuracy(epoch, acc)
@@ -87,6 +86,16 @@ def evaluate(state, ctx: RunContext):
 
         ctx.tensorboard.log_epoch(epoch, scalars_from_store(ctx.store, epoch))
     return {"accuracy": {**state.get("accuracy", {}), str(epoch): acc}}
+
+
+def score_reply(ctx: RunContext, epoch: int, sample, reply: str) -> dict[str, Any]:
+    """One held-out reply scored both ways; `correct` is the one task.scoring makes the headline."""
+    flexible = int(ctx.score(reply, sample))
+    strict_of = getattr(ctx.task, "score_strict", None)  # a task class not built on tasks.Task may lack it
+    strict = int(strict_of(reply, sample)) if strict_of is not None else None
+    headline = strict if ctx.cfg.task.scoring == "strict" else flexible
+    return {"epoch": epoch, "sample_id": sample.id, "reply": reply, "prediction": ctx.task.extract(reply),
+            "correct": headline, "strict": strict, "flexible": flexible}
 
 
 def train_epoch(state, ctx: RunContext):

@@ -51,6 +51,8 @@ def plan(cfg: Config) -> Plan:
         if "path" not in params:
             raise UserError("policy.name=reward needs policy.path: the folder written by `nslora policy train RUN_DIR... --out DIR`")
         load_folder(params["path"])  # refuses a missing or foreign folder before anything runs
+    if cfg.task.scoring == "strict" and not callable(getattr(task, "score_strict", None)):
+        raise UserError(f"task.scoring=strict: task {cfg.task.name} has no score_strict; build it on tasks.Task (give it extract_strict) or use task.scoring=flexible")
     policy = build(cfg.policy.name, params, p=cfg.saturation.p, seed=cfg.train.seed)
     if cfg.policy.name not in REGISTRY:  # your own class: checked on a fresh instance, the run's stays untouched
         from core import plugins
@@ -97,7 +99,8 @@ def run(cfg: Config, resume_dir: Path | None = None) -> dict[str, Any]:
     path = resume_dir if resume_dir is not None else (_run_dir(cfg) if dist.is_main_process else None)
     if resume_dir is None:
         _check_disk(cfg)
-    model, tokenizer, source = _load_model(cfg, p.train + p.heldout)
+    model, tokenizer, source = _load_model(cfg)
+    p = _fit_lengths(p, tokenizer, cfg)
     if wants_engine and cfg.rewriter.engine == "local":
         p.rewriter.open_local(*_local_rewriter_model(cfg))
     p.rewriter.ready(cfg.run.out_dir)  # the reply cache sits beside the run folders: a rerun pays nothing twice
@@ -144,17 +147,15 @@ def _user_error(step) -> str | None:
     return None
 
 
-def _load_model(cfg: Config, samples):
-    """Seeds first (LoRA init and batching follow them), then the model; a sample over max_length is refused."""
+def _load_model(cfg: Config):
+    """Seeds first (LoRA init and batching follow them), then the model."""
     import torch
 
     from adapters.model import load_model
 
     random.seed(cfg.train.seed)
     torch.manual_seed(cfg.train.seed)
-    model, tokenizer, source = load_model(cfg.model.name_or_path, cfg.model.gguf_file, cfg.model.cache_dir)
-    _check_lengths(tokenizer, samples, cfg)
-    return model, tokenizer, source
+    return load_model(cfg.model.name_or_path, cfg.model.gguf_file, cfg.model.cache_dir)
 
 
 def _local_rewriter_model(cfg: Config):
@@ -326,13 +327,41 @@ def resume(run_dir: str) -> dict[str, Any]:
     return run(config_mod.load(str(path / "config.yaml")), resume_dir=path)
 
 
-def _check_lengths(tokenizer, samples, cfg: Config) -> None:
+def _fit_lengths(p: Plan, tokenizer, cfg: Config) -> Plan:
+    """A sample over model.max_length (prompt + target) is refused, or with task.long=truncate loses story lines
+    from the front of its question until it fits, the question line kept (meta["truncated"] marks it)."""
+    import dataclasses
+
     from adapters.train import Item, encode
 
-    for s in samples:
+    def fitted(s):
         n = len(encode(tokenizer, Item(s.id, s.system, s.question, s.target))[0])
-        if n > cfg.model.max_length:
-            raise UserError(f"sample {s.id} is {n} tokens, over model.max_length={cfg.model.max_length}; raise model.max_length or use shorter samples")
+        if n <= cfg.model.max_length:
+            return s
+        if cfg.task.long != "truncate":
+            raise UserError(f"sample {s.id} is {n} tokens, over model.max_length={cfg.model.max_length}; raise "
+                            "model.max_length, use shorter samples, or set task.long=truncate")
+        from router.evaluate import fit
+
+        room = cfg.model.max_length - (n - len(tokenizer(_prompt(tokenizer, s), add_special_tokens=False)["input_ids"]))
+        question, _ = fit(tokenizer, s.system, s.question, room)
+        return dataclasses.replace(s, question=question, meta={**s.meta, "truncated": True})
+
+    return p._replace(train=[fitted(s) for s in p.train], heldout=[fitted(s) for s in p.heldout])
+
+
+def _prompt(tokenizer, s) -> str:
+    from adapters.train import prompt_text
+
+    return prompt_text(tokenizer, s.system, s.question)
+
+
+def _other_scoring(acc: dict[str, Any]) -> str:
+    other = "strict" if acc.get("scoring", "flexible") == "flexible" else "flexible"
+    o = acc.get(other)
+    if not o or o.get("before") is None:
+        return ""
+    return f"; {other}: {o['before']:.3f} → {o['final']:.3f}"
 
 
 def summary(metrics: dict[str, Any]) -> str:
@@ -340,7 +369,8 @@ def summary(metrics: dict[str, Any]) -> str:
     c = metrics["counts"]
     lines = [
         f"run: {metrics['run_dir']}",
-        f"held-out accuracy: before {acc['before']:.3f} → after {acc['final']:.3f} ({metrics['counts']['heldout']} samples)",
+        f"held-out accuracy: before {acc['before']:.3f} → after {acc['final']:.3f} ({metrics['counts']['heldout']} samples, "
+        f"{acc.get('scoring', 'flexible')} scoring)" + _other_scoring(acc),
         f"routing rounds: {c.get('routing_rounds', 0)}, decisions: {c.get('decisions', 0)}, symbolic: {c.get('symbolic', 0)}, "
         f"rewrites accepted/rejected/failed: {c.get('rewrites_accepted', 0)}/{c.get('rewrites_rejected', 0)}/{c.get('rewrites_error', 0)}",
         f"LLM calls: {metrics['llm']['calls']} (+{metrics['llm']['cache_hits']} from cache), tokens: "

@@ -34,7 +34,7 @@ CREATE TABLE IF NOT EXISTS rewrites (
 );
 CREATE TABLE IF NOT EXISTS evals (
   epoch INTEGER NOT NULL, sample_id TEXT NOT NULL, reply TEXT NOT NULL, prediction TEXT NOT NULL,
-  correct INTEGER NOT NULL, PRIMARY KEY (epoch, sample_id)
+  correct INTEGER NOT NULL, strict INTEGER, flexible INTEGER, PRIMARY KEY (epoch, sample_id)
 );
 CREATE TABLE IF NOT EXISTS epochs (
   epoch INTEGER PRIMARY KEY, train_loss REAL, train_correct REAL, heldout_accuracy REAL,
@@ -53,6 +53,10 @@ class Store:
         columns = {r[1] for r in self.db.execute("PRAGMA table_info(samples)")}
         if "fault" not in columns:  # a run folder written before the controlled benchmark existed
             self.db.execute("ALTER TABLE samples ADD COLUMN fault TEXT")
+        columns = {r[1] for r in self.db.execute("PRAGMA table_info(evals)")}
+        for name in ("strict", "flexible"):  # a run folder written before both scorings were recorded
+            if name not in columns:
+                self.db.execute(f"ALTER TABLE evals ADD COLUMN {name} INTEGER")
         self.db.commit()
 
     def close(self) -> None:
@@ -84,6 +88,12 @@ class Store:
 
     def add_evals(self, rows):
         self._insert("evals", rows)
+
+    def accuracy_by_epoch(self, column: str) -> dict[int, float]:
+        """Held-out accuracy per evaluated epoch under one scoring column (strict or flexible; {} if unrecorded)."""
+        assert column in ("correct", "strict", "flexible")
+        rows = self.query(f"SELECT epoch, AVG({column}) AS acc FROM evals WHERE {column} IS NOT NULL GROUP BY epoch")
+        return {r["epoch"]: r["acc"] for r in rows}
 
     def add_epoch(self, row):
         self._insert("epochs", [row])

@@ -18,19 +18,22 @@ from tasks.base import Sample, Task, check_task, split
 from tasks.clinifact import ClinifactTask
 from tasks.controlled import ControlledTask
 from tasks.gsm8k import Gsm8kTask
+from tasks.sft import SftTask
 
 TASKS: dict[str, type[Task]] = {
     "babi": BabiTask,
     "gsm8k": Gsm8kTask,
     "clinifact": ClinifactTask,
     "controlled": ControlledTask,
+    "sft": SftTask,
 }
 
 
 def load_task(cfg) -> tuple[Task, list[Sample], list[Sample]]:
     """(task, train, held-out) for a tasks.config.TaskConfig.
 
-    Every sample gets the same system prompt: task.system_prompt when set, else the task's default.
+    System prompt: task.system_prompt when set; else the sample's own (sft data with a system turn), else the
+    task's default.
     """
     cls = plugins.resolve("task.name", cfg.name, TASKS, "a Task class with load(cfg) and extract(text)",
                           accept=lambda obj: isinstance(obj, type) and callable(getattr(obj, "load", None)))
@@ -40,8 +43,10 @@ def load_task(cfg) -> tuple[Task, list[Sample], list[Sample]]:
         raise UserError(f"task {cfg.name}: no samples loaded from {cfg.path or 'the default source'}; check task.path")
     if cfg.name not in TASKS:
         plugins.conformance("task.name", cfg.name, lambda: check_task(task, samples))
-    system = cfg.system_prompt if cfg.system_prompt is not None else task.default_system
-    samples = [dataclasses.replace(s, system=system) for s in samples]
+    # task.system_prompt, when set, is every sample's; otherwise a sample keeps its own (your data's system turn)
+    # and one without gets the task's default.
+    samples = [dataclasses.replace(s, system=cfg.system_prompt if cfg.system_prompt is not None else (s.system or task.default_system))
+               for s in samples]
 
     seen: set[str] = set()
     for s in samples:
@@ -55,7 +60,8 @@ def load_task(cfg) -> tuple[Task, list[Sample], list[Sample]]:
             f"task {cfg.name}: {cfg.path or 'the data'} has {len(samples)} samples but task.n_train={cfg.n_train} + "
             f"task.n_heldout={cfg.n_heldout} = {need}; lower task.n_train or task.n_heldout"
         )
-    train, heldout = split(samples, cfg.n_train, cfg.n_heldout, cfg.seed)
+    # A task may split itself (sft with a held-out file); the rest split by task.seed.
+    train, heldout = (task.split if callable(getattr(task, "split", None)) else split)(samples, cfg.n_train, cfg.n_heldout, cfg.seed)
     if hasattr(task, "prepare"):
         train, heldout = task.prepare(train, heldout, cfg)
     if cfg.prompts_from:

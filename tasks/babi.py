@@ -232,6 +232,9 @@ POOL_STORIES = 200
 # Words small chat models put around the place: "The answer is: the bathroom.", "It's in the garden".
 _FILLER = {"a", "an", "the", "in", "at", "to", "into", "inside", "is", "it", "its", "s", "was", "answer", "final", "place", "location", "located"}
 _PLACE_PHRASE = re.compile(r"\b(?:in|at|to|into|inside) the ([a-z]+)")
+_PLACE_WORD = re.compile(rf"\b({'|'.join(PLACES)})\b")
+_DENIED = re.compile(r"\b(?:not|isn't|never|no longer)\s+(?:\w+\s+){0,2}$")  # "not in the ", "isn't in "
+_SPEAKER = re.compile(r"^\s*[a-z]+\s*:\s*")  # "Mary: garden"
 
 
 class BabiTask(Task):
@@ -257,18 +260,31 @@ class BabiTask(Task):
         return samples
 
     def extract(self, text: str) -> str:
-        """The place named in the reply: "bathroom", "The bathroom.", "Mary is in the bathroom." all give bathroom."""
+        """The place named in the reply: "bathroom", "The bathroom.", "Mary is in the bathroom." all give
+        bathroom; a place the reply denies is skipped ("Not in the kitchen, she is in the garden." gives garden),
+        and a speaker label is not an answer ("Mary: garden" gives garden)."""
         for sentence in re.findall(r"[^.!?\n]+[.!?]?", text):
             if sentence.strip().endswith("?"):
                 continue  # an echo of the question ("Where is Mary? ...") is not the answer
-            words = re.findall(r"[a-z]+", sentence.lower())
+            low = _SPEAKER.sub("", sentence.lower())
+            places = [m for m in _PLACE_WORD.finditer(low) if not _DENIED.search(low[: m.start()])]
+            if places:
+                return places[0].group(1)
+            if _PLACE_WORD.search(low):
+                continue  # only denied places here
+            words = re.findall(r"[a-z]+", low)
             while words and words[0] in _FILLER:
                 words.pop(0)
             if not words:
                 continue
             if len(words) > 1:
                 m = _PLACE_PHRASE.search(" ".join(words))
-                if m:
+                if m and not _DENIED.search(" ".join(words)[: m.start()]):
                     return m.group(1)
             return words[0]
         return ""
+
+    def extract_strict(self, text: str) -> str:
+        """One word (a leading "the" and a final full stop allowed), else none."""
+        m = re.fullmatch(r"\s*(?:the\s+)?([a-z]+)\s*\.?\s*", text.lower())
+        return m.group(1) if m else ""

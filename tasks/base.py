@@ -52,11 +52,24 @@ class Task:
         benchmark plants its faults), never its held-out ones."""
         return train, heldout
 
+    def extract_strict(self, text: str) -> str:
+        """The answer only when the reply gives it in the expected form (lm-evaluation-harness's "strict
+        match"); the default: the whole reply is the answer."""
+        return text
+
     def normalize(self, answer: str) -> str:
         return " ".join(answer.strip().lower().rstrip(".").split())
 
+    def matches(self, answer: str, sample: Sample) -> bool:
+        """Whether an extracted answer is the gold one (normalised text equality; numbers override it)."""
+        return self.normalize(answer) == self.normalize(sample.answer)
+
     def score(self, text: str, sample: Sample) -> bool:
-        return self.normalize(self.extract(text)) == self.normalize(sample.answer)
+        """Flexible scoring: the answer extracted from free text."""
+        return self.matches(self.extract(text), sample)
+
+    def score_strict(self, text: str, sample: Sample) -> bool:
+        return self.matches(self.extract_strict(text), sample)
 
 
 def split(samples: list[Sample], n_train: int, n_heldout: int, seed: int) -> tuple[list[Sample], list[Sample]]:

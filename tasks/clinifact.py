@@ -25,6 +25,9 @@ LABELS = {"1": "TRUE", "0": "FALSE", "2": "NONE"}
 _COLUMNS = ("claim", "article_abstract", "label")
 _EXPECTED = "a CliniFact CSV file (columns claim, article_abstract, label)"
 _VERDICT = re.compile(r"\b(true|false|none)\b", re.IGNORECASE)
+_NEGATION = re.compile(r"\b(?:not|isn't|is\s+not|never|neither)\s+(?:\w+\s+)?$", re.I)
+# An echo of the answer options: two or more labels joined by a comma, slash or "or".
+_OPTIONS = re.compile(r"\b(true|false|none)\b\s*(?:,|/|\bor\b)\s*\b(true|false|none)\b", re.I)
 
 
 def _rows(path: str) -> tuple[list[str], list[list[str]]]:
@@ -90,6 +93,23 @@ class ClinifactTask(Task):
         return samples
 
     def extract(self, text: str) -> str:
-        """The first TRUE, FALSE or NONE in the reply, as a whole word in any case ('' when none)."""
-        m = _VERDICT.search(text)
+        """The verdict in the reply: the first TRUE / FALSE / NONE as a label, a negated one turned over ("not
+        true" is FALSE), "none" in prose ("none of the patients") not a label, and a reply that lists the
+        options ("TRUE, FALSE or NONE") no verdict at all ('' when none)."""
+        if _OPTIONS.search(text):
+            return ""
+        for m in _VERDICT.finditer(text):
+            word, before, after = m.group(1).upper(), text[: m.start()], text[m.end():]
+            if word == "NONE" and m.group(1) != "NONE" and re.match(r"\s+(?:of|the|at|in|is|was|were|are)\b", after, re.I):
+                continue  # "none of the ...": prose, not the label
+            if _NEGATION.search(before):
+                if word == "NONE":
+                    continue
+                return "FALSE" if word == "TRUE" else "TRUE"
+            return word
+        return ""
+
+    def extract_strict(self, text: str) -> str:
+        """The label alone, or after 'Answer:' (any case, trailing full stop allowed), else none."""
+        m = re.fullmatch(r"\s*(?:answer\s*:\s*)?(true|false|none)\s*\.?\s*", text, re.I)
         return m.group(1).upper() if m else ""

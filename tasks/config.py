@@ -11,9 +11,11 @@ from core.options import option, require
 
 @dataclass
 class TaskConfig:
-    name: str = option("babi", "Data set: babi, gsm8k, clinifact, or your own Task class as 'package.module:ClassName'.")
+    name: str = option("babi", "Data set: babi, gsm8k, clinifact, controlled, sft (your own data in TRL's prompt-completion or messages format, from task.path), or your own Task class as 'package.module:ClassName'.")
     params: dict[str, Any] = option({}, "Keyword arguments passed to the task class's __init__ (your own task's settings).")
     scorer: str | None = option(None, "How a held-out reply is scored: None (the task's own score), exact, contains, or your own function as 'package.module:function' taking (reply, sample) and returning a bool.")
+    scoring: Literal["flexible", "strict"] = option("flexible", "Which held-out accuracy is the headline (metrics.json final, summary, experiment tables): flexible (the answer extracted from free text) or strict (the answer in the expected form: '#### N', the label alone, one word). Both are always recorded.")
+    long: Literal["refuse", "truncate"] = option("refuse", "A sample over model.max_length: refuse the run, or truncate its question's story from the front (the question line kept); metrics.json counts truncated samples.")
     path: str | None = option(None, "Data file (official format). babi without a path uses this project's generator; gsm8k without a path loads openai/gsm8k from the hub.")
     babi_task: int = option(1, "bAbI task for the generator: 1, 2 or 3 supporting facts.")
     n_train: int = option(64, "Training samples.")

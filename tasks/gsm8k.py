@@ -26,6 +26,24 @@ _NUMBER = re.compile(r"(?:(?<![\w)])-)?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?")
 _CALC = re.compile(r"<<[^<>]*>>")
 
 
+# Where a reply states its final answer, in order of trust; the first that matches wins.
+_NUM = r"\$?\s*((?:(?<![\w)])-)?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?)"
+_MARKERS = (re.compile(r"####\s*" + _NUM), re.compile(r"\b(?:final\s+)?answer\s*(?:is|:|=)\s*" + _NUM, re.I))
+# A check of the result after the answer ("Check: 7 = 7 x 1", "Verification: ...") is not the answer.
+_CHECK = re.compile(r"\b(?:check|verify|verification|proof)\b\s*[:.,-]", re.I)
+_HEDGE = re.compile(r"(?:\beither\s+)?" + _NUM + r"\s+or\s+" + _NUM, re.I)
+
+
+def _last_sentence_with_a_number(text: str) -> str:
+    sentences = [x for x in re.split(r"(?<=[.!?])\s+|\n+", text) if _NUMBER.search(x)]
+    return sentences[-1] if sentences else ""
+
+
+def _hedged(text: str) -> bool:
+    """Two different numbers offered as alternatives ("either 8 or 7", "8 or 7")."""
+    return any(canonical_number(a) != canonical_number(b) for a, b in _HEDGE.findall(text))
+
+
 def canonical_number(text: str) -> str:
     """'1,000' -> '1000', '72.0' -> '72', '2.50' -> '2.5'."""
     text = text.replace(",", "").strip()
@@ -100,17 +118,27 @@ class Gsm8kTask(Task):
         return [_parse_record(rec, where, i, cfg.target) for i, (where, rec) in enumerate(records)]
 
     def extract(self, text: str) -> str:
-        """The number after '####' when the reply has one, else the last number in the reply."""
-        if "####" in text:
-            m = _NUMBER.search(text.split("####", 1)[1])
+        """The reply's final answer: the number after '####' or 'the answer is', else the last number before any
+        check of the result ("7. Check: 7 = 7 x 1" gives 7); a hedge between two numbers ("either 8 or 7")
+        gives none, so it never scores right by luck."""
+        for marker in _MARKERS:
+            m = marker.search(text)
             if m:
-                return canonical_number(m.group(0))
-        found = _NUMBER.findall(text)
-        return canonical_number(found[-1]) if found else ""
+                return canonical_number(m.group(1))
+        check = _CHECK.search(text)
+        body = text[: check.start()] if check and _NUMBER.search(text[: check.start()]) else text
+        found = [canonical_number(n) for n in _NUMBER.findall(body)]
+        if not found or _hedged(_last_sentence_with_a_number(body)):
+            return ""
+        return found[-1]
 
-    def score(self, text: str, sample: Sample) -> bool:
-        got = self.extract(text)
+    def extract_strict(self, text: str) -> str:
+        """The number after '####' (the training format), else none."""
+        m = _MARKERS[0].search(text)
+        return canonical_number(m.group(1)) if m else ""
+
+    def matches(self, answer: str, sample: Sample) -> bool:
         try:
-            return math.isclose(float(got), float(sample.answer), rel_tol=1e-9, abs_tol=1e-9)
-        except ValueError:  # a gold answer that is not a number: compare as text
-            return super().score(text, sample)
+            return math.isclose(float(answer), float(sample.answer), rel_tol=1e-9, abs_tol=1e-9)
+        except ValueError:  # a gold answer (or an extraction) that is not a number: compare as text
+            return super().matches(answer, sample)

@@ -101,8 +101,24 @@ def test_sample_longer_than_the_context_is_refused(tiny_dir, tmp_path, capsys):
     code = main(["run", "--set", f"model.name_or_path={tiny_dir}", "--set", "model.max_length=64",
                  "--set", "policy.name=lora-only", "--set", f"run.out_dir={tmp_path / 'runs'}"])
     err = capsys.readouterr().err.strip()
-    assert code == 2 and "over model.max_length=64" in err and "\n" not in err
+    assert code == 2 and "over model.max_length=64" in err and "task.long=truncate" in err and "\n" not in err
     assert not (tmp_path / "runs").exists()
+
+
+def test_task_long_truncate_cuts_stories_from_the_front_and_counts_them(tiny_dir, tmp_path, capsys):
+    import json
+    import sqlite3
+
+    code = main(["run", "--set", f"model.name_or_path={tiny_dir}", "--set", "model.max_length=96", "--set", "task.long=truncate",
+                 "--set", "policy.name=lora-only", "--set", "train.epochs=1", "--set", "task.n_train=8", "--set", "task.n_heldout=4",
+                 "--set", f"run.out_dir={tmp_path / 'runs'}", "--set", "run.name=r", "--set", "run.progress=false"])
+    assert code == 0
+    run = tmp_path / "runs" / "r"
+    counts = json.loads((run / "metrics.json").read_text())["counts"]
+    db = sqlite3.connect(run / "run.sqlite")
+    questions = [q for (q,) in db.execute("SELECT question FROM samples")]
+    db.close()
+    assert counts["truncated"] > 0 and all(q.split("\n")[-1].startswith("Where is") for q in questions)
 
 
 @pytest.fixture(scope="module")

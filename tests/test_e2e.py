@@ -260,3 +260,117 @@ def test_tensorboard_scalars_are_written_when_enabled(tiny_dir, tmp_path, monkey
     tags = acc.Tags()["scalars"]
     assert tags and any("acc" in t for t in tags)
     assert max(len(acc.Scalars(t)) for t in tags) == 3  # epochs 0, 1, 2
+
+
+def test_heldout_is_scored_strict_and_flexible_and_the_headline_is_chosen(routed_run, tiny_dir, tmp_path, capsys):
+    run_dir, _ = routed_run
+    evals = rows(run_dir, "SELECT * FROM evals")
+    assert evals and all(r["strict"] in (0, 1) and r["flexible"] in (0, 1) and r["correct"] == r["flexible"] for r in evals)
+    acc = json.loads((run_dir / "metrics.json").read_text())["heldout_accuracy"]
+    assert acc["scoring"] == "flexible" and acc["final"] == acc["flexible"]["final"]
+    final = max(r["epoch"] for r in evals)
+    strict = [r["strict"] for r in evals if r["epoch"] == final]
+    assert acc["strict"]["final"] == sum(strict) / len(strict)
+
+    cfg = write_config(tmp_path, tiny_dir, None, policy={"name": "lora-only"}, train={"epochs": 1},
+                       task={"scoring": "strict"})
+    capsys.readouterr()
+    assert main(["run", str(cfg)]) == 0
+    assert "strict scoring); flexible:" in capsys.readouterr().out
+    evals = rows(tmp_path / "runs" / "r", "SELECT * FROM evals")
+    assert all(r["correct"] == r["strict"] for r in evals)
+
+
+def test_a_run_store_from_before_both_scorings_gains_their_columns(tmp_path):
+    from router.store import Store
+
+    db = sqlite3.connect(tmp_path / "run.sqlite")
+    db.execute("CREATE TABLE evals (epoch INTEGER NOT NULL, sample_id TEXT NOT NULL, reply TEXT NOT NULL, "
+               "prediction TEXT NOT NULL, correct INTEGER NOT NULL, PRIMARY KEY (epoch, sample_id))")
+    db.execute("INSERT INTO evals VALUES (0, 'a', 'garden', 'garden', 1)")
+    db.commit()
+    db.close()
+    store = Store(tmp_path / "run.sqlite")
+    store.add_evals([{"epoch": 1, "sample_id": "a", "reply": "x", "prediction": "x", "correct": 0, "strict": 0, "flexible": 0}])
+    assert store.accuracy_by_epoch("correct") == {0: 1.0, 1: 0.0} and store.accuracy_by_epoch("strict") == {1: 0.0}
+    store.close()
+
+
+def test_export_merged_loads_without_peft_and_answers_as_the_adapter(routed_run, tmp_path, capsys):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from adapters.train import prompt_text
+
+    run_dir, _ = routed_run
+    out = tmp_path / "merged"
+    assert main(["export", str(run_dir), "--merged", str(out)]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["max_logit_difference"] <= 1e-4 and "model.safetensors" in report["files"]
+    assert not out.with_name("merged.partial").exists()
+    assert not (out / "adapter_config.json").exists()  # a plain model: no peft needed to load it
+    model, tok = AutoModelForCausalLM.from_pretrained(out), AutoTokenizer.from_pretrained(out)
+    assert tok.chat_template
+    samples = rows(run_dir, "SELECT * FROM samples WHERE split='heldout' ORDER BY id")
+    stored = {r["sample_id"]: r["reply"] for r in rows(run_dir, "SELECT * FROM evals WHERE epoch=3")}
+    tok.padding_side = "left"
+    batch = tok([prompt_text(tok, s["system"], s["question"]) for s in samples], return_tensors="pt", padding=True,
+                add_special_tokens=False)
+    with torch.no_grad():
+        gen = model.generate(**batch, max_new_tokens=4, do_sample=False, pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id)
+    replies = tok.batch_decode(gen[:, batch["input_ids"].shape[1]:], skip_special_tokens=True)
+    assert replies == [stored[s["id"]] for s in samples]  # the merged model answers as the run's adapter did
+    # An existing folder is not overwritten without --overwrite; a folder that is not a run is refused.
+    assert main(["export", str(run_dir), "--merged", str(out)]) == 2
+    assert "already exists" in capsys.readouterr().err
+    assert main(["export", str(tmp_path), "--merged", str(tmp_path / "m2")]) == 2
+    assert "no adapter/" in capsys.readouterr().err and not (tmp_path / "m2").exists()
+
+
+@pytest.mark.parametrize("qtype", ["f16", "q8_0"])
+def test_export_gguf_reads_back_as_the_adapters_model(routed_run, tmp_path, capsys, qtype):
+    import gguf
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    run_dir, _ = routed_run
+    out = tmp_path / "model.gguf"
+    assert main(["export", str(run_dir), "--gguf", str(out), "--gguf-type", qtype]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["gguf_same_next_token"] == 1.0 and report["gguf_relative_logit_difference"] <= {"f16": 0.01, "q8_0": 0.05}[qtype]
+    reader = gguf.GGUFReader(str(out))
+    fields = {k: v for k, v in reader.fields.items()}
+    assert "tokenizer.chat_template" in fields and "tokenizer.ggml.merges" in fields
+    kinds = {t.tensor_type.name for t in reader.tensors if len(t.shape) == 2}
+    assert kinds == ({"F16"} if qtype == "f16" else {"Q8_0"})
+    # Read back by a GGUF loader, it tokenizes as the run did and answers the held-out prompts as the adapter did.
+    tok = AutoTokenizer.from_pretrained(tmp_path, gguf_file=out.name)
+    model = AutoModelForCausalLM.from_pretrained(tmp_path, gguf_file=out.name)
+    from adapters.train import prompt_text
+
+    samples = rows(run_dir, "SELECT * FROM samples WHERE split='heldout' ORDER BY id")
+    stored = {r["sample_id"]: r["reply"] for r in rows(run_dir, "SELECT * FROM evals WHERE epoch=3")}
+    tok.padding_side = "left"
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    for s in samples:
+        enc = tok(prompt_text(tok, s["system"], s["question"]), return_tensors="pt", add_special_tokens=False)
+        with torch.no_grad():
+            gen = model.generate(**enc, max_new_tokens=4, do_sample=False, pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id)
+        assert tok.decode(gen[0, enc["input_ids"].shape[1]:], skip_special_tokens=True) == stored[s["id"]]
+    assert main(["export", str(run_dir), "--gguf", str(out)]) == 2 and "already exists" in capsys.readouterr().err
+
+
+def test_export_trl_writes_prompt_completion_rows_that_trl_reads(routed_run, tmp_path, capsys):
+    from datasets import load_dataset
+    from trl.data_utils import is_conversational
+
+    run_dir, _ = routed_run
+    assert main(["export", str(run_dir), "--trl", str(tmp_path / "aug.jsonl")]) == 0
+    report = json.loads(capsys.readouterr().out)
+    ds = load_dataset("json", data_files=str(tmp_path / "aug.jsonl"), split="train")
+    assert len(ds) == report["rows"] == 12 and report["rewritten"] >= 1
+    assert is_conversational(ds[0]) and ds[0]["completion"][0]["role"] == "assistant"
+    augmented = {json.loads(line)["id"]: json.loads(line) for line in (run_dir / "augmented.jsonl").read_text().splitlines()}
+    for row in ds:
+        assert row["prompt"][-1]["content"] == augmented[row["id"]]["question"]  # the rewritten question where accepted
+        assert row["completion"][0]["content"] == augmented[row["id"]]["target"]
+    assert main(["export", str(run_dir)]) == 2 and "--merged DIR, --gguf FILE and / or --trl FILE" in capsys.readouterr().err

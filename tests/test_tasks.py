@@ -237,6 +237,10 @@ def test_babi_task_generates_a_fixed_pool_without_a_path():
         ("Where is Mary? Mary is in the bedroom.", "bedroom"),
         ("The football was in the office before the kitchen.", "office"),
         ("1. garden", "garden"),
+        # a denied place is not the answer, a speaker label is not one either
+        ("Not in the kitchen, she is in the garden.", "garden"),
+        ("Mary: garden", "garden"),
+        ("She is not in the office.", ""),
         ("", ""),
         ("...", ""),
     ],
@@ -297,6 +301,13 @@ def test_gsm8k_loads_answers_and_targets(tmp_path):
         ("#### 18\nThat is 3 more than 15.", "18"),
         ("#### \nI think 7", "7"),
         ("no idea", ""),
+        # a hedge gives no answer; a check after the answer is not the answer
+        ("either 8 or 7", ""),
+        ("It is 8 or 7.", ""),
+        ("She had 3 or 4 at first, then 12 in all.\nSo 12.", "12"),
+        ("7. Check: 7 = 7 x 1", "7"),
+        ("So the total is 72.\nVerification: 72 = 48 + 24", "72"),
+        ("Let us check: 48 / 2 = 24, and 48 + 24 = 72.", "72"),
     ],
 )
 def test_gsm8k_extract(reply, number):
@@ -379,6 +390,13 @@ def test_clinifact_reads_fields_longer_than_the_csv_default(tmp_path):
         ("The abstract says nothing, so NONE.", "NONE"),
         ("FALSE, not TRUE", "FALSE"),
         ("It is untrue", ""),
+        # negation turns a verdict over; "none" in prose is no label; echoing the options is no verdict
+        ("The claim is not true.", "FALSE"),
+        ("It is not false", "TRUE"),
+        ("None of the patients improved, so FALSE.", "FALSE"),
+        ("none of the above", ""),
+        ("TRUE, FALSE or NONE", ""),
+        ("true or false?", ""),
         ("Truely falsely", ""),
         ("", ""),
     ],
@@ -387,13 +405,38 @@ def test_clinifact_extract(reply, verdict):
     assert ClinifactTask().extract(reply) == verdict
 
 
+def _gold(answer):
+    return Sample(id="x", system="", question="q", answer=answer, target=answer)
+
+
+@pytest.mark.parametrize("task, reply, gold, strict, flexible", [
+    (Gsm8kTask(), "#### 7", "7", True, True),
+    (Gsm8kTask(), "The answer is 7.", "7", False, True),  # right, but not in the trained '#### N' form
+    (Gsm8kTask(), "either 8 or 7", "7", False, False),
+    (Gsm8kTask(), "7. Check: 7 = 7 x 1", "7", False, True),
+    (ClinifactTask(), "FALSE", "FALSE", True, True),
+    (ClinifactTask(), "Answer: false.", "FALSE", True, True),
+    (ClinifactTask(), "The claim is not true.", "FALSE", False, True),
+    (ClinifactTask(), "The claim is not true.", "TRUE", False, False),
+    (ClinifactTask(), "none of the above", "NONE", False, False),
+    (BabiTask(), "garden", "garden", True, True),
+    (BabiTask(), "The garden.", "garden", True, True),
+    (BabiTask(), "Not in the kitchen, she is in the garden.", "kitchen", False, False),
+    (BabiTask(), "Not in the kitchen, she is in the garden.", "garden", False, True),
+    (BabiTask(), "Mary: garden", "mary", False, False),
+])
+def test_strict_and_flexible_scoring(task, reply, gold, strict, flexible):
+    assert task.score_strict(reply, _gold(gold)) is strict and task.score(reply, _gold(gold)) is flexible
+
+
 # ------------------------------------------------------------------------------------- load_task and split
 
 
 def test_registry_names_every_task():
     from tasks.controlled import ControlledTask
+    from tasks.sft import SftTask
 
-    assert TASKS == {"babi": BabiTask, "gsm8k": Gsm8kTask, "clinifact": ClinifactTask, "controlled": ControlledTask}
+    assert TASKS == {"babi": BabiTask, "gsm8k": Gsm8kTask, "clinifact": ClinifactTask, "controlled": ControlledTask, "sft": SftTask}
 
 
 def test_load_task_sets_the_system_prompt():
