@@ -44,6 +44,7 @@ class TrainConfig:
     eval_batch_size: int = option(16, "Held-out samples per generation batch.")
     max_new_tokens: int = option(16, "Greedy generation length for held-out evaluation.")
     eval_every: int = option(1, "Evaluate the held-out set every N epochs (before training and after the last epoch always); 0: only those two.")
+    max_grad_norm: float | None = option(None, "Clip the norm of each LoRA update's gradient to this value before the optimizer step (TRL's SFTTrainer default is 1.0); null: no clipping. C2 is measured before clipping.")
     max_nonfinite_steps: int = option(3, "A step with a NaN or inf loss is skipped and recorded; this many in a row stop the run.")
     grad_norm: Literal["fast", "naive", "off"] = option("fast", "C2: fast (exact, from the normal backward), naive (one backward per sample), off.")
 
@@ -52,4 +53,5 @@ class TrainConfig:
         require(self.batch_size >= 1, f"train.batch_size={self.batch_size!r} must be >= 1")
         require(self.lr > 0, f"train.lr={self.lr!r} must be > 0")
         require(self.eval_every >= 0, f"train.eval_every={self.eval_every!r} must be >= 0 (0: only before and after training)")
+        require(self.max_grad_norm is None or self.max_grad_norm > 0, f"train.max_grad_norm={self.max_grad_norm!r} must be > 0, or null for no clipping")
         require(self.max_nonfinite_steps >= 1, f"train.max_nonfinite_steps={self.max_nonfinite_steps!r} must be >= 1")

@@ -82,7 +82,7 @@ class Trainer:
     """Holds the model, optimizer and accelerator; the graph's nodes call its methods."""
 
     def __init__(self, model, tokenizer, lr: float, weight_decay: float = 0.0, train_weights: bool = True,
-                 grad_norm: str = "fast", max_nonfinite_steps: int = 3):
+                 grad_norm: str = "fast", max_nonfinite_steps: int = 3, max_grad_norm: float | None = None):
         from accelerate import Accelerator
 
         self.accelerator = Accelerator(cpu=not torch.cuda.is_available())
@@ -98,6 +98,8 @@ class Trainer:
         self.skipped_steps = 0
         self.nonfinite_in_a_row = 0
         self.max_nonfinite_steps = max_nonfinite_steps
+        self.max_grad_norm = max_grad_norm
+        self.last_grad_norm: float | None = None  # the update's gradient norm before clipping (with max_grad_norm)
         self.micro_batch: int | None = None  # set after an out-of-memory error: samples per forward / backward
         self.oom_halvings = 0
         # Several processes (torchrun / accelerate launch): each takes a slice of every batch, gradients are
@@ -172,6 +174,9 @@ class Trainer:
             else:
                 norms += naive.tolist() if naive is not None else [None] * len(chunk_losses)
         self.nonfinite_in_a_row = 0
+        if self.max_grad_norm is not None:
+            params = [p for p in self.model.parameters() if p.requires_grad]
+            self.last_grad_norm = float(self.accelerator.clip_grad_norm_(params, self.max_grad_norm))
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         self.model.eval()

@@ -16,7 +16,9 @@ from typing import Any
 
 from core.errors import UserError
 
-# float32 merge on CPU: the reloaded folder matches the adapter to rounding (measured ~1e-6 on the tiny model).
+# float32 merge: the reloaded folder matches base + adapter to rounding (measured 4.7e-5 on SmolLM2-135M, ~1e-6 on
+# the tiny model). The bound grows with the logits' scale (1e-6 of the largest), so a big model is not refused
+# for float32 rounding alone.
 TOLERANCE = 1e-4
 # Largest logit difference of the GGUF file read back, as a share of the largest logit: f16 and q8_0 round.
 GGUF_TOLERANCE = {"f16": 0.01, "q8_0": 0.05}
@@ -93,9 +95,10 @@ def _save_folder(merged, tokenizer, out: Path, prompts, expected) -> dict[str, A
     tokenizer.save_pretrained(tmp)
     reloaded = AutoModelForCausalLM.from_pretrained(tmp).eval()
     diff = float((_logits(reloaded, tokenizer, prompts) - expected).abs().max())
-    if not diff <= TOLERANCE:
+    bound = max(TOLERANCE, 1e-6 * float(expected.abs().max()))
+    if not diff <= bound:
         shutil.rmtree(tmp, ignore_errors=True)
-        raise UserError(f"the merged model's logits differ from the adapter's by {diff:.2e} (over {TOLERANCE}); nothing was written to {out}")
+        raise UserError(f"the merged model's logits differ from the adapter's by {diff:.2e} (over {bound:.1e}); nothing was written to {out}")
     if out.exists():
         shutil.rmtree(out)
     tmp.rename(out)

@@ -187,3 +187,30 @@ def test_out_of_memory_halves_the_micro_batch_and_gives_the_same_step():
     for n, p in squeezed.model.named_parameters():
         if p.requires_grad:
             torch.testing.assert_close(p, pa[n], rtol=1e-4, atol=1e-6)
+
+
+def test_max_grad_norm_clips_the_update_but_not_c2():
+    import copy
+
+    from adapters.train import Item, Trainer
+    from tiny import make_tiny
+
+    model, tok = make_tiny()
+    base = wrap(model, LoraConfig(r=4, target_modules=["q_proj", "v_proj"]), seed=0)
+    items = [Item("a", "Answer.", "Where is Mary?", "bathroom"), Item("b", "Answer.", "Where is John?", "garden")]
+    seen, signals = {}, {}
+    for limit in (None, 1e-3):
+        trainer = Trainer(copy.deepcopy(base), tok, lr=1e-2, max_grad_norm=limit)
+        step = trainer.optimizer.step
+
+        def record(*a, limit=limit, trainer=trainer, step=step, **k):
+            grads = [p.grad for p in trainer.model.parameters() if p.requires_grad and p.grad is not None]
+            seen[limit] = float(torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads])))
+            return step(*a, **k)
+
+        trainer.optimizer.step = record
+        signals[limit] = trainer.step(items)
+        if limit is not None:
+            assert trainer.last_grad_norm == pytest.approx(seen[None], rel=1e-5)  # the norm before clipping
+    assert seen[None] > 1e-3 and seen[1e-3] == pytest.approx(1e-3, rel=1e-3)
+    assert {k: s.grad_norm for k, s in signals[None].items()} == {k: s.grad_norm for k, s in signals[1e-3].items()}
