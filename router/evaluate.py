@@ -11,7 +11,6 @@ the question kept; how many were truncated is reported.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 from pathlib import Path
 from typing import Any
@@ -65,19 +64,12 @@ def bootstrap(correct: np.ndarray, draws: int = 10000, confidence: float = 0.95,
 
 def _samples(name: str, data: str, settings: dict[str, Any]):
     """(task, its samples with their system prompts, the flexible scorer) of the data file."""
-    from core import plugins
-    from tasks import TASKS
+    from tasks import load_samples
     from tasks.config import TaskConfig
     from tasks.scoring import build_scorer
 
     cfg = TaskConfig(name=name, path=data, **settings)
-    cls = plugins.resolve("task.name", cfg.name, TASKS, "a Task class with load(cfg) and extract(text)",
-                          accept=lambda obj: isinstance(obj, type) and callable(getattr(obj, "load", None)))
-    task = plugins.instantiate("task.params", cls, cfg.params)
-    samples = [dataclasses.replace(s, system=cfg.system_prompt if cfg.system_prompt is not None else (s.system or task.default_system))
-               for s in task.load(cfg)]
-    if not samples:
-        raise UserError(f"{data} holds no samples")
+    task, samples = load_samples(cfg)
     return task, samples, build_scorer(cfg.scorer, task, samples)
 
 

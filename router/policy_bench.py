@@ -83,6 +83,7 @@ def policy_bench(spec: str, sets: list[str], jobs: int = 2, out: str = "experime
 
 def summary(table: dict[str, Any], arm: str, root: Path) -> str:
     """Routing per round against the planted faults, then the held-out outcome (pure text)."""
+    from report.stats import _num as _f
     row = next(r for r in table["arms"] if r["arm"] == arm)
     by_arm = {r["arm"]: r for r in table["arms"]}
     lines = [f"policy bench: {arm} on task {table['task']} ({table['n_train']} train, {table['n_heldout']} held-out, "
@@ -120,5 +121,3 @@ def summary(table: dict[str, Any], arm: str, root: Path) -> str:
     return "\n".join(lines)
 
 
-def _f(x: float | None) -> str:
-    return "—" if x is None else f"{x:.2f}"

@@ -29,12 +29,9 @@ TASKS: dict[str, type[Task]] = {
 }
 
 
-def load_task(cfg) -> tuple[Task, list[Sample], list[Sample]]:
-    """(task, train, held-out) for a tasks.config.TaskConfig.
-
-    System prompt: task.system_prompt when set; else the sample's own (sft data with a system turn), else the
-    task's default.
-    """
+def load_samples(cfg) -> tuple[Task, list[Sample]]:
+    """(task, every sample of its data) for a tasks.config.TaskConfig, each with its system prompt: task.system_prompt
+    when set; else the sample's own (sft data with a system turn), else the task's default."""
     cls = plugins.resolve("task.name", cfg.name, TASKS, "a Task class with load(cfg) and extract(text)",
                           accept=lambda obj: isinstance(obj, type) and callable(getattr(obj, "load", None)))
     task = plugins.instantiate("task.params", cls, cfg.params)
@@ -43,10 +40,13 @@ def load_task(cfg) -> tuple[Task, list[Sample], list[Sample]]:
         raise UserError(f"task {cfg.name}: no samples loaded from {cfg.path or 'the default source'}; check task.path")
     if cfg.name not in TASKS:
         plugins.conformance("task.name", cfg.name, lambda: check_task(task, samples))
-    # task.system_prompt, when set, is every sample's; otherwise a sample keeps its own (your data's system turn)
-    # and one without gets the task's default.
-    samples = [dataclasses.replace(s, system=cfg.system_prompt if cfg.system_prompt is not None else (s.system or task.default_system))
-               for s in samples]
+    return task, [dataclasses.replace(s, system=cfg.system_prompt if cfg.system_prompt is not None else (s.system or task.default_system))
+                  for s in samples]
+
+
+def load_task(cfg) -> tuple[Task, list[Sample], list[Sample]]:
+    """(task, train, held-out) for a tasks.config.TaskConfig (samples as `load_samples` gives them)."""
+    task, samples = load_samples(cfg)
 
     seen: set[str] = set()
     for s in samples:
