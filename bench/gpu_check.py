@@ -86,7 +86,7 @@ def grad_norm(py: str, tmp: Path, smoke: bool) -> dict:
 
 # The routed run's config. k this large saturates at min_epoch: a random model is wrong on every sample, so p of
 # them route symbolic and are rewritten by the fake server.
-RUN = """lora.r=4 lora.alpha=8 lora.target_modules=[q_proj,v_proj] task.name=babi task.seed=3 train.max_new_tokens=4
+RUN = """lora.r=4 lora.alpha=8 lora.target_modules=[q_proj,v_proj] lora.top_layers=null train.eval_every=1 task.name=babi task.seed=3 train.max_new_tokens=4
 saturation.k=1.0e+9 saturation.p=0.5 saturation.min_epoch=2 policy.name=loss-ratio rewriter.engine=openai
 rewriter.strategy=direct rewriter.model=fake-model rewriter.max_retries=0 rewriter.timeout=10 rewriter.cache=false
 run.name=gpu-check run.progress=false"""

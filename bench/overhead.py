@@ -110,7 +110,8 @@ def main() -> None:
     # One epoch, routing forced at it (min_epoch is 2, so epoch 1 is the probe: C1 needs an earlier epoch —
     # we route with a policy that needs no saturation and sends nothing to the rewriter).
     cfg = load_config(None, [f"task.n_train={args.samples}", "task.n_heldout=1", f"train.batch_size={args.batch}",
-                             "train.epochs=1", "policy.name=lora-only", "run.progress=false"])
+                             "train.epochs=1", "policy.name=lora-only", "run.progress=false",
+                             "lora.top_layers=null"])  # TRL's arm adapts every layer: so does ours
     task, train, heldout = load_task(cfg.task)
     base, tok = load(args.model)
     from policies.baselines import LoraOnlyPolicy

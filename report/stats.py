@@ -105,7 +105,8 @@ def _run_facts(run_dir: Path) -> dict[str, Any] | None:
     run = load_run(run_dir)
     m, c = run.metrics, run.metrics["counts"]
     last = max(e["epoch"] for e in run.evals)
-    return {"config": run.config, "policy": run.policy, "final": m["heldout_accuracy"]["final"],
+    both = {k: (m["heldout_accuracy"].get(k) or {}).get("final") for k in ("strict", "flexible")}  # older runs: None
+    return {"config": run.config, "policy": run.policy, "final": m["heldout_accuracy"]["final"], **both,
             "before": m["heldout_accuracy"]["before"], "symbolic": c.get("symbolic", 0), "accepted": c.get("rewrites_accepted", 0),
             "rewritten_samples": c.get("rewritten_samples", 0), "llm_calls": m["llm"]["calls"], "cost": m["llm"]["cost"],
             "wall_seconds": m["wall_seconds"], "routing": m.get("routing"),
@@ -127,6 +128,8 @@ def arm_table(name: str, arms: list[str], seeds: list[int], runs: dict[tuple[str
             "arm": arm, "seeds": done, "missing_seeds": [s for s in seeds if s not in done],
             "accuracy": {"per_seed": {str(s): x["final"] for s, x in zip(done, f)}, "mean": acc_mean, "std": acc_std},
             "before_mean": mean_std([x["before"] for x in f])[0],
+            **{f"{k}_mean": mean_std([x[k] for x in f])[0] if f and all(x[k] is not None for x in f) else None
+               for k in ("strict", "flexible")},
             **{key: mean_std([x[key] for x in f])[0] for key in ("symbolic", "accepted", "rewritten_samples", "llm_calls", "cost", "wall_seconds")},
         }
         paired = [s for s in done if base.get(s) is not None]
@@ -149,7 +152,7 @@ def arm_table(name: str, arms: list[str], seeds: list[int], runs: dict[tuple[str
     return {"name": name, "routes": routes, "task": config.get("task", {}).get("name"), "model": config.get("model", {}).get("name_or_path"),
             "strategy": config.get("rewriter", {}).get("strategy"), "engine": config.get("rewriter", {}).get("engine"),
             "n_train": config.get("task", {}).get("n_train"), "n_heldout": n_items, "epochs": config.get("train", {}).get("epochs"),
-            "p": config.get("saturation", {}).get("p"), "baseline": baseline, "seeds": seeds, "confidence": confidence,
+            "p": config.get("saturation", {}).get("p"), "scoring": config.get("task", {}).get("scoring", "flexible"), "baseline": baseline, "seeds": seeds, "confidence": confidence,
             "bootstrap": draws, "arms": rows, **({"detection": detection} if detection else {})}
 
 
@@ -233,6 +236,11 @@ def _delta(row: dict[str, Any]) -> str:
     return f"{100 * d['mean']:+.1f} [{100 * d['low']:+.1f}, {100 * d['high']:+.1f}]"
 
 
+def _both(row: dict[str, Any]) -> str:
+    strict, flexible = row.get("strict_mean"), row.get("flexible_mean")
+    return "—" if strict is None or flexible is None else f"{_pct(strict)} / {_pct(flexible)}"
+
+
 def markdown_table(tables: list[dict[str, Any]]) -> str:
     """The paper's shape (arms x tasks, accuracy % mean ± std with the difference to the baseline) when there
     are several tasks, then one detailed table per task."""
@@ -263,9 +271,9 @@ def markdown_table(tables: list[dict[str, Any]]) -> str:
         out.append("")
         if t.get("note"):
             out += [t["note"], ""]
-        out.append(f"| arm | held-out % (mean ± std) | Δ vs {t['baseline']} [{level}% CI] | MDE | wins/losses | per seed | "
-                   "before % | routed symbolic | rewrites accepted | LLM calls | wall s |")
-        out.append("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+        out.append(f"| arm | held-out % (mean ± std, {t.get('scoring', 'flexible')}) | Δ vs {t['baseline']} [{level}% CI] | MDE | "
+                   "wins/losses | per seed | strict / flexible % | before % | routed symbolic | rewrites accepted | LLM calls | wall s |")
+        out.append("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
         for r in t["arms"]:
             d = r.get("delta")
             per_seed = ", ".join(f"{100 * v:.1f}" for v in r["accuracy"]["per_seed"].values()) or "—"
@@ -273,7 +281,7 @@ def markdown_table(tables: list[dict[str, Any]]) -> str:
                 per_seed += f" (missing seeds {', '.join(map(str, r['missing_seeds']))})"
             out.append(f"| {r['arm']} | {_pct(r['accuracy']['mean'], r['accuracy']['std'])} | {_delta(r)} | "
                        f"{_pct(d['mde']) if d and 'mde' in d else '—'} | "
-                       f"{str(d['wins']) + '/' + str(d['losses']) if d else '—'} | {per_seed} | {_pct(r['before_mean'])} | "
+                       f"{str(d['wins']) + '/' + str(d['losses']) if d else '—'} | {per_seed} | {_both(r)} | {_pct(r['before_mean'])} | "
                        f"{r['symbolic']:.1f} | {r['accepted']:.1f} | {r['llm_calls']:.0f} | {r['wall_seconds']:.0f} |")
         out.append("")
         out.append(f"MDE: the smallest difference these seeds and held-out items detect with 80% power at {level}% "

@@ -185,11 +185,12 @@ CRITIQUE_TOKENS = 150
 
 def estimate(n_samples: int, strategy: str, optimize_system: bool = False, avg_prompt_tokens: int = 120,
              model: str | None = "gpt-4o", prices: dict[str, Any] | None = None, kind: str = "openai",
-             cache_hit_rate: float = 0.0) -> dict[str, Any]:
+             cache_hit_rate: float = 0.0, answer_check: bool = False) -> dict[str, Any]:
     """Calls, tokens and cost (USD) of rewriting `n_samples` samples, for a dry run (rough: within ~50%).
 
     `avg_prompt_tokens`: tokens of one sample's system prompt + question. `cache_hit_rate`: share of samples
-    already in the reply cache (a resumed run)."""
+    already in the reply cache (a resumed run). `answer_check`: one more call per rewrite (an upper bound: only
+    accepted rewrites are checked)."""
     try:
         calls, fixed, copies, critiques, updates = _SHAPE[(strategy, bool(optimize_system))]
     except KeyError:
@@ -197,6 +198,8 @@ def estimate(n_samples: int, strategy: str, optimize_system: bool = False, avg_p
     n = max(0, round(n_samples * (1.0 - cache_hit_rate)))
     per_prompt = fixed + copies * avg_prompt_tokens + 2 * critiques * CRITIQUE_TOKENS
     per_completion = critiques * CRITIQUE_TOKENS + updates * (avg_prompt_tokens + 20)
+    if answer_check:  # the rewritten prompt in, a short answer out
+        calls, per_prompt, per_completion = calls + 1, per_prompt + avg_prompt_tokens + 20, per_completion + 16
     prompt_tokens, completion_tokens = n * per_prompt, n * per_completion
     price = price_of(model, prices, kind)
     cost = 0.0 if price is None else (prompt_tokens * price[0] + completion_tokens * price[1]) / 1e6

@@ -46,6 +46,7 @@ class RewriterConfig:
     batch: Literal["off", "api", "replay"] = option("off", "Send a round's direct rewrites as one OpenAI Batch API job (api: servers with /v1/batches; replay: the same JSONL sent line by line, for llama.cpp / Ollama). Off: live concurrent calls.")
     batch_poll_seconds: float = option(30.0, "Seconds between polls of a submitted batch.")
     batch_timeout: float = option(86400.0, "Seconds to wait for a batch before cancelling it (its samples stay numerical).")
+    answer_check: bool = option(False, "After the guard accepts a rewrite, the rewriting engine answers the new question (under the sample's system prompt) and the rewrite is kept only if the task's scorer finds that answer right: one more call per accepted rewrite; with the rules strategy this builds the engine too.")
     revert_after: int = option(2, "A rewritten sample whose loss has not fallen below its loss at the rewrite after this many epochs goes back to its previous prompt (0: never).")
 
     def __post_init__(self):
@@ -62,6 +63,8 @@ class RewriterConfig:
         require(self.revert_after >= 0, f"rewriter.revert_after={self.revert_after!r} must be >= 0 (0 turns reverting off)")
         require(self.batch == "off" or self.engine == "openai",
                 f"rewriter.batch={self.batch!r} needs rewriter.engine=openai; set rewriter.batch=off otherwise")
+        require(not self.answer_check or self.batch == "off",
+                f"rewriter.answer_check=true needs live calls; set rewriter.batch=off (or answer_check=false)")
         for name in ("max_calls", "max_total_tokens", "max_cost"):
             value = getattr(self, name)
             require(value is None or value >= 0, f"rewriter.{name}={value!r} must be >= 0, or null for no limit")

@@ -70,14 +70,21 @@ class Rewriter:
     guard: GuardConfig = field(default_factory=GuardConfig)
 
     @classmethod
-    def plan(cls, rt: RewriterConfig, task: str | None = None) -> "Rewriter":
-        """Resolve the strategy (your own class is checked here) and refuse settings it cannot serve."""
+    def plan(cls, rt: RewriterConfig, task: str | None = None, score=None) -> "Rewriter":
+        """Resolve the strategy (your own class is checked here) and refuse settings it cannot serve.
+        `score(reply, sample)`: the task's scorer, which `rewriter.answer_check` needs."""
         strategy = build_strategy(rt.strategy, rt.strategy_params)
         if rt.strategy not in STRATEGIES:
             plugins.conformance("rewriter.strategy", rt.strategy, lambda: check_strategy(strategy))
         if rt.batch != "off" and not strategy.batchable:
             raise UserError(f"rewriter.batch={rt.batch!r} needs a one-call strategy (direct, or yours with request/parse), "
                             f"not rewriter.strategy={rt.strategy!r}; set rewriter.batch=off")
+        if rt.answer_check:
+            if score is None:
+                raise UserError("rewriter.answer_check=true needs the task's scorer; set rewriter.answer_check=false")
+            from rewriter.answer_check import AnswerChecked
+
+            strategy = AnswerChecked(strategy, score)
         return cls(cfg=rt, strategy=strategy, task=task, guard=guard_config(rt))
 
     @property

@@ -61,6 +61,7 @@ def _parser() -> argparse.ArgumentParser:
     ev.add_argument("--task", default=None, help="task name (default: the run's); needed for an adapter or a base model")
     ev.add_argument("--param", action="append", default=[], metavar="KEY=VALUE", help="a task.params entry, e.g. --param answer=label (repeatable)")
     ev.add_argument("--out", default=None, help="folder for replies.jsonl and summary.json")
+    ev.add_argument("--split", default=None, help="one split of a DatasetDict folder or hub data set, e.g. test (sft, gsm8k's hub copy)")
     ev.add_argument("--limit", type=int, default=None, help="only the first N samples of the file")
     ev.add_argument("--max-new-tokens", type=int, default=32)
     ev.add_argument("--batch-size", type=int, default=16)
@@ -274,7 +275,7 @@ def _eval_command(args) -> int:
     _quiet_libraries()
     summary = evaluate(args.target, args.data, task=args.task, params=params, out=args.out, max_new_tokens=args.max_new_tokens,
                        batch_size=args.batch_size, max_length=args.max_length, long=args.long, progress=sys.stderr.isatty(),
-                       limit=args.limit)
+                       limit=args.limit, split=args.split)
     print(table(summary))
     return 0
 

@@ -73,6 +73,16 @@ def _samples(name: str, data: str, settings: dict[str, Any]):
     return task, samples, build_scorer(cfg.scorer, task, samples)
 
 
+def _check_split(task: str, split: str) -> None:
+    import inspect
+
+    from tasks import TASKS
+
+    cls = TASKS.get(task)
+    if cls is not None and "split" not in inspect.signature(cls).parameters:
+        raise UserError(f"--split {split}: task {task} reads one file, which is one split; give that split's file to --data")
+
+
 def _prompts(tokenizer, samples, data: str, max_length: int, long: str) -> list[tuple[str, str]]:
     from adapters.train import prompt_text
 
@@ -90,7 +100,7 @@ def _prompts(tokenizer, samples, data: str, max_length: int, long: str) -> list[
 
 def evaluate(target: str, data: str, task: str | None = None, params: dict[str, Any] | None = None, out: str | None = None,
              max_new_tokens: int = 32, batch_size: int = 16, max_length: int = 512, long: str = "refuse",
-             progress: bool = True, limit: int | None = None) -> dict[str, Any]:
+             progress: bool = True, limit: int | None = None, split: str | None = None) -> dict[str, Any]:
     """Answer and score every sample of `data`; writes replies.jsonl and summary.json, returns the summary."""
     from adapters.model import load_model
     from adapters.train import greedy_replies
@@ -104,6 +114,9 @@ def evaluate(target: str, data: str, task: str | None = None, params: dict[str, 
         raise UserError("--task is needed: the target is not a run folder, so it does not say which task the data is")
     same = name == run_task.get("name")  # the run's own task: its params, scorer and prompt carry over
     settings = {k: v for k, v in run_task.items() if k in ("params", "scorer", "system_prompt", "scoring")} if same else {}
+    if split is not None:
+        _check_split(name, split)
+        params = {**(params or {}), "split": split}
     if params:
         settings["params"] = {**settings.get("params", {}), **params}
     task_obj, samples, flexible = _samples(name, data, settings)
@@ -129,7 +142,7 @@ def evaluate(target: str, data: str, task: str | None = None, params: dict[str, 
     rows = [{"id": s.id, "question": q, "answer": s.answer, "reply": replies[i], "prediction": task_obj.extract(replies[i]),
              "strict": None if strict is None else bool(strict(replies[i], s)), "flexible": bool(flexible(replies[i], s)),
              "truncated": q != s.question} for i, (s, (_, q)) in enumerate(zip(samples, prompts))]
-    summary = {"target": target, "base": base, "adapter": adapter, "data": data, "task": name, "samples": len(rows), "limit": limit,
+    summary = {"target": target, "base": base, "adapter": adapter, "data": data, "split": split, "task": name, "samples": len(rows), "limit": limit,
                "truncated": sum(r["truncated"] for r in rows), "max_length": max_length, "long": long,
                "max_new_tokens": max_new_tokens, "flexible": bootstrap(np.array([r["flexible"] for r in rows], float))}
     if strict is not None:

@@ -59,7 +59,7 @@ def plan(cfg: Config) -> Plan:
         from policies import check_policy
 
         plugins.conformance("policy.name", cfg.policy.name, lambda: check_policy(build(cfg.policy.name, params, p=cfg.saturation.p, seed=cfg.train.seed)))
-    rewriter = Rewriter.plan(cfg.rewriter, task=getattr(task, "name", None) or None)
+    rewriter = Rewriter.plan(cfg.rewriter, task=getattr(task, "name", None) or None, score=score)
     return Plan(task, score, train, heldout, policy, rewriter)
 
 
@@ -275,7 +275,8 @@ def dry_run(cfg: Config) -> str:
     try:
         est = estimate(rounds * per_round, strategy, optimize_system=cfg.rewriter.optimize_system or p.policy.optimizes_shared_system,
                        avg_prompt_tokens=avg_tokens, model=cfg.rewriter.model, kind=kind,
-                       prices={k: tuple(v) for k, v in cfg.rewriter.prices.items()})
+                       prices={k: tuple(v) for k, v in cfg.rewriter.prices.items()},
+                       answer_check=cfg.rewriter.answer_check and not p.policy.optimizes_shared_system)
     except ValueError:  # your own strategy: its calls per rewrite are not known here
         return (f"dry run: {len(p.train)} training samples, up to {rounds} routing rounds x {per_round} symbolic samples; "
                 f"strategy {strategy} is yours, so its calls per rewrite are unknown: set rewriter.max_calls / max_cost to cap them")

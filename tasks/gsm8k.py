@@ -95,13 +95,16 @@ def _read_jsonl(path: str) -> list[tuple[str, object]]:
     return records
 
 
-def _read_hub() -> list[tuple[str, object]]:
+HUB_ID = "openai/gsm8k"
+
+
+def _read_hub(split: str = "train") -> list[tuple[str, object]]:
     try:
         # Imported here: `datasets` is slow to import and only this path needs it.
         from datasets import load_dataset
 
-        ds = load_dataset("openai/gsm8k", "main", split="train")
-        return [(f"openai/gsm8k row {i}", dict(row)) for i, row in enumerate(ds)]
+        ds = load_dataset("openai/gsm8k", "main", split=split)
+        return [(f"openai/gsm8k {split} row {i}", dict(row)) for i, row in enumerate(ds)]
     except Exception as e:  # noqa: BLE001 - any failure (network, cache, version) has the same fix
         raise UserError(f"{_HUB_HELP} ({type(e).__name__})") from None
 
@@ -110,8 +113,14 @@ class Gsm8kTask(Task):
     name = "gsm8k"
     default_system = DEFAULT_SYSTEM
 
+    def __init__(self, split: str = "train"):
+        self.split = split  # the hub copy's split (train / test); a JSONL file is one split already
+
     def load(self, cfg) -> list[Sample]:
-        records = _read_jsonl(cfg.path) if cfg.path else _read_hub()
+        hub = not cfg.path or cfg.path == HUB_ID
+        if not hub and self.split != "train":
+            raise UserError(f"task.params.split={self.split!r} reads a split of the hub copy; task.path={cfg.path} is one file: drop the split")
+        records = _read_hub(self.split) if hub else _read_jsonl(cfg.path)
         if not records:
             raise UserError(f"{cfg.path or 'openai/gsm8k'} holds no problems; expected {_EXPECTED}")
         # The id is the record's position, so the JSONL file and the hub copy of it give the same ids.

@@ -6,7 +6,8 @@
 hub id. Rows are TRL's *prompt-completion* format (`prompt`, `completion`: strings, or message lists) or its
 *conversational* format (`messages`: the last assistant turn is the target, the turns before it the prompt).
 Column names are params. The held-out set is drawn from the same data by `task.seed`, or read from
-`params.heldout_path`. `params.answer` says how a reply is scored: `text` (the normalised reply, its first line
+`params.heldout_path`. A DatasetDict folder or hub id gives its `train` split for training (`params.split`) and
+its `test` split as held-out data (`params.heldout_split`). `params.answer` says how a reply is scored: `text` (the normalised reply, its first line
 when flexible), `number` (the GSM8K rules) or `label` (one of the gold answers' label set, with negation and an
 echo of the options handled); `task.scorer` takes your own function instead.
 """
@@ -25,8 +26,9 @@ FORMATS = {".jsonl": "json", ".json": "json", ".csv": "csv", ".parquet": "parque
 ANSWERS = ("text", "number", "label")
 
 
-def read_rows(path: str) -> tuple[list[dict[str, Any]], str]:
-    """(rows, a name for messages) of a data file, a save_to_disk folder or a hub id."""
+def read_rows(path: str, split: str | None = None, default: str = "train") -> tuple[list[dict[str, Any]], str]:
+    """(rows, a name for messages) of a data file, a save_to_disk folder or a hub id; `split` picks one split of
+    a DatasetDict folder or a hub data set (`default` when None); a file or a Dataset folder is one split."""
     import datasets
 
     p = Path(path)
@@ -34,17 +36,22 @@ def read_rows(path: str) -> tuple[list[dict[str, Any]], str]:
         if p.is_dir():
             ds = datasets.load_from_disk(str(p))
             if isinstance(ds, datasets.DatasetDict):
-                if "train" not in ds:
-                    raise UserError(f"task.path: {p} holds splits {', '.join(ds)} but no 'train'; point task.path at one split's folder")
-                ds = ds["train"]
+                if (split or default) not in ds:
+                    raise UserError(f"task.path: {p} holds splits {', '.join(ds)} but no {split or default!r}; set "
+                                    "task.params.split / heldout_split (nslora eval --split) to one of them")
+                ds = ds[split or default]
+            elif split is not None:
+                raise UserError(f"task.path: {p} is one split (a Dataset, not a DatasetDict); drop task.params.split={split!r}")
         elif p.suffix.lower() in FORMATS:
             if not p.is_file():
                 raise UserError(f"task.path: {p} does not exist; give a JSONL, CSV or Parquet file, or a save_to_disk folder")
+            if split is not None:
+                raise UserError(f"task.path: {p} is one file, so it has no split {split!r}; drop task.params.split")
             ds = datasets.load_dataset(FORMATS[p.suffix.lower()], data_files=str(p), split="train")
         elif p.exists():
             raise UserError(f"task.path: {p} is not a .jsonl, .json, .csv or .parquet file; convert it or save it with datasets' save_to_disk")
         else:
-            ds = datasets.load_dataset(str(path), split="train")
+            ds = datasets.load_dataset(str(path), split=split or default)
     except UserError:
         raise
     except Exception as e:  # noqa: BLE001 - parse errors, a hub id offline: the same one-line fix
@@ -89,11 +96,12 @@ class SftTask(Task):
 
     def __init__(self, prompt_column: str = "prompt", completion_column: str = "completion", messages_column: str = "messages",
                  system_column: str | None = None, id_column: str | None = None, heldout_path: str | None = None,
-                 answer: str = "text"):
+                 answer: str = "text", split: str | None = None, heldout_split: str | None = None):
         if answer not in ANSWERS:
             raise ValueError(f"task.params.answer={answer!r} must be one of {', '.join(ANSWERS)}")
         self.prompt_column, self.completion_column, self.messages_column = prompt_column, completion_column, messages_column
         self.system_column, self.id_column, self.heldout_path, self.answer = system_column, id_column, heldout_path, answer
+        self.train_split, self.heldout_split = split, heldout_split  # `split` is the method below
         self._numbers = Gsm8kTask()
         self.labels: list[str] = []
 
@@ -102,15 +110,15 @@ class SftTask(Task):
     def load(self, cfg) -> list[Sample]:
         if not cfg.path:
             raise UserError("task.name=sft needs task.path: a JSONL / CSV / Parquet file, a save_to_disk folder or a hub id")
-        samples = self._samples(cfg.path, "train")
-        if self.heldout_path:
-            samples += self._samples(self.heldout_path, "heldout")
+        samples = self._samples(cfg.path, "train", self.train_split, "train")
+        if self.heldout_path:  # a DatasetDict folder or hub id gives its test split unless heldout_split says otherwise
+            samples += self._samples(self.heldout_path, "heldout", self.heldout_split, "test")
         if self.answer == "label":
             self.labels = sorted({s.answer for s in samples}, key=lambda a: (-len(a), a))
         return samples
 
-    def _samples(self, path: str, part: str) -> list[Sample]:
-        rows, name = read_rows(path)
+    def _samples(self, path: str, part: str, split: str | None, default: str) -> list[Sample]:
+        rows, name = read_rows(path, split, default)
         if not rows:
             raise UserError(f"{name} holds no rows; give a file with {self._expected()}")
         columns = set(rows[0])

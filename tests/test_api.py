@@ -14,7 +14,7 @@ README = Path(__file__).resolve().parents[1] / "README.md"
 def test_the_readmes_python_example_runs(tiny_dir, tmp_path, monkeypatch, capsys):
     block = re.search(r"## Python API.*?```python\n(.*?)```", README.read_text(), re.S).group(1)
     real = nslora.load_config
-    tiny = [f"model.name_or_path={tiny_dir}", "model.max_length=1024", "lora.r=4", "lora.target_modules=[q_proj,v_proj]",
+    tiny = [f"model.name_or_path={tiny_dir}", "model.max_length=1024", "lora.r=4", "lora.target_modules=[q_proj,v_proj]", "lora.top_layers=null",
             "train.lr=0.01", "rewriter.strategy=rules", f"run.out_dir={tmp_path / 'runs'}", "run.progress=false"]
     # The example as written, only the model swapped for the tiny one and the runs kept in a temporary folder.
     monkeypatch.setattr(nslora, "load_config", lambda path=None, overrides=None: real(path, (overrides or []) + tiny))

@@ -74,7 +74,7 @@ CASES = [
     ("user policy not importable", lambda t: ["run", "--set", "policy.name=no_such_pkg.rules:Mine"], ["cannot be imported"]),
     ("reward policy without its folder", lambda t: ["run", "--set", "policy.name=reward"], ["policy.path"]),
     ("reward policy folder missing", lambda t: ["run", "--set", "policy.name=reward", "--set", f"policy.path={t / 'pol'}"], ["pol"]),
-    ("unreachable rewriter endpoint", lambda t: ["run", "--set", "rewriter.engine=openai", "--set", f"rewriter.base_url=http://127.0.0.1:{_closed_port()}/v1"], ["unreachable"]),
+    ("unreachable rewriter endpoint", lambda t: ["run", "--set", "rewriter.engine=openai", "--set", "rewriter.strategy=direct", "--set", f"rewriter.base_url=http://127.0.0.1:{_closed_port()}/v1"], ["unreachable"]),
     ("resume of a folder that is not a run", lambda t: ["resume", str(t)], ["is not a run folder"]),
     ("policy folder that does not exist", lambda t: ["policy", "show", str(t / "no-policy")], ["no-policy"]),
 ]
@@ -109,7 +109,7 @@ def test_task_long_truncate_cuts_stories_from_the_front_and_counts_them(tiny_dir
     import json
     import sqlite3
 
-    code = main(["run", "--set", f"model.name_or_path={tiny_dir}", "--set", "model.max_length=96", "--set", "task.long=truncate",
+    code = main(["run", "--set", f"model.name_or_path={tiny_dir}", "--set", "lora.top_layers=null", "--set", "model.max_length=96", "--set", "task.long=truncate",
                  "--set", "policy.name=lora-only", "--set", "train.epochs=1", "--set", "task.n_train=8", "--set", "task.n_heldout=4",
                  "--set", f"run.out_dir={tmp_path / 'runs'}", "--set", "run.name=r", "--set", "run.progress=false"])
     assert code == 0

@@ -62,7 +62,7 @@ def test_unreachable_rewriter_endpoint(tmp_path, capsys, monkeypatch):
     with socket.socket() as s:  # a port nothing listens on
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    code, err = run_cli(["--set", "rewriter.engine=openai", "--set", f"rewriter.base_url=http://127.0.0.1:{port}/v1",
+    code, err = run_cli(["--set", "rewriter.engine=openai", "--set", "rewriter.strategy=direct", "--set", f"rewriter.base_url=http://127.0.0.1:{port}/v1",
                          "--set", "rewriter.api_key_env=NSLORA_TEST_KEY"], tmp_path, capsys)
     assert code == 2 and "unreachable" in err and str(port) in err and "SECRET" not in err and "\n" not in err
     assert not (tmp_path / "runs").exists()

@@ -110,17 +110,23 @@ def test_every_arm_and_seed_is_a_finished_run_folder(experiment):
         assert set(r["accuracy"]["per_seed"]) == {"0", "1"}
         assert r["accuracy"]["mean"] == pytest.approx(np.mean(list(r["accuracy"]["per_seed"].values())))
         assert ("delta" in r) == (r["arm"] != "lora-only")
+    finals = {arm: [] for arm in ARMS}
     for (arm, s), d in run_dirs(root).items():
         m = json.loads((d / "metrics.json").read_text())
         cfg = yaml.safe_load((d / "config.yaml").read_text())
         assert cfg["train"]["seed"] == s
         assert table["arms"][ARMS.index(arm)]["accuracy"]["per_seed"][str(s)] == m["heldout_accuracy"]["final"]
+        finals[arm].append((m["heldout_accuracy"]["strict"]["final"], m["heldout_accuracy"]["flexible"]["final"]))
         # eval_every=0: the held-out set is answered before training and after the last epoch only.
         assert {r["epoch"] for r in rows(d, "SELECT DISTINCT epoch FROM evals")} == {0, 3}
     md = (root / "results.md").read_text()
     for arm in ARMS:
         assert f"| {arm} |" in md
-    assert "95% CI" in md
+        # Both scorings, each the mean over seeds, in the table beside the headline.
+        row = table["arms"][ARMS.index(arm)]
+        assert (row["strict_mean"], row["flexible_mean"]) == pytest.approx(tuple(np.mean(finals[arm], axis=0)))
+        assert f"{100 * row['strict_mean']:.1f} / {100 * row['flexible_mean']:.1f}" in md
+    assert "95% CI" in md and "strict / flexible %" in md and "(mean ± std, flexible)" in md
 
 
 def test_arms_do_what_their_names_say(experiment):

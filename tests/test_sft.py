@@ -212,3 +212,31 @@ def test_route_train_and_evaluate_your_own_data_end_to_end(tiny_dir, tmp_path, m
     assert main(["eval", str(run), "--data", str(test), "--max-new-tokens", "4", "--limit", "5"]) == 0
     summary = json.loads((run / "evals" / "test" / "summary.json").read_text())
     assert summary["samples"] == 5 and {"strict", "flexible"} <= set(summary)
+
+
+def test_splits_of_a_dataset_dict_folder(tiny_dir, tmp_path, capsys):
+    import datasets
+
+    folder = tmp_path / "dd"
+    datasets.DatasetDict({"train": datasets.Dataset.from_list(pc_rows(8)),
+                          "test": datasets.Dataset.from_list(pc_rows(5, offset=100)),
+                          "validation": datasets.Dataset.from_list(pc_rows(3, offset=200))}).save_to_disk(str(folder))
+    # Training reads train; the same folder as heldout_path gives its test split (or heldout_split's).
+    _, train, heldout = _load(folder, n_train=8, n_heldout=5, heldout_path=str(folder))
+    assert {int(s.question.split()[2]) for s in train} == set(range(8))
+    assert {int(s.question.split()[2]) for s in heldout} == set(range(100, 105))
+    _, _, val = _load(folder, n_train=8, n_heldout=3, heldout_path=str(folder), heldout_split="validation")
+    assert {int(s.question.split()[2]) for s in val} == {200, 201, 202}
+    with pytest.raises(UserError, match="holds splits train, test, validation but no 'dev'"):
+        _load(folder, split="dev")
+    with pytest.raises(UserError, match="is one file, so it has no split 'test'"):
+        _load(write_jsonl(tmp_path / "d.jsonl", pc_rows(10)), split="test")
+    # nslora eval --split picks the split; a task whose data is one file refuses it in one line.
+    assert main(["eval", str(tiny_dir), "--data", str(folder), "--split", "validation", "--task", "sft",
+                 "--max-new-tokens", "2", "--out", str(tmp_path / "ev")]) == 0
+    summary = json.loads((tmp_path / "ev" / "summary.json").read_text())
+    assert summary["samples"] == 3 and summary["split"] == "validation"
+    capsys.readouterr()
+    assert main(["eval", str(tiny_dir), "--data", str(folder), "--split", "test", "--task", "babi",
+                 "--out", str(tmp_path / "ev2")]) == 2
+    assert "--split test: task babi reads one file" in capsys.readouterr().err
