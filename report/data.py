@@ -242,9 +242,23 @@ def reason_kind(reason: str) -> str:
     return kind or (reason or "").strip() or "—"
 
 
+def failures_by_kind(run: Run) -> list[dict[str, Any]]:
+    """Failed rewrites grouped by failure kind (malformed, http, connection, circuit-open, ...), most frequent
+    first, each with one stored reason as its example (older run folders: the reason's first words)."""
+    c: Counter = Counter()
+    example: dict[str, str] = {}
+    for r in run.rewrites:
+        if r["verdict"] == "error":
+            kind = r.get("failure") or reason_kind(r["reason"])
+            c[kind] += 1
+            example.setdefault(kind, r["reason"])
+    return [{"kind": k, "count": n, "example": example[k]} for k, n in sorted(c.items(), key=lambda kv: (-kv[1], kv[0]))]
+
+
 def rewrite_reasons(run: Run) -> list[dict[str, Any]]:
-    """Rewrites counted by verdict and reason kind, most frequent first."""
-    c = Counter((r["verdict"], reason_kind(r["reason"])) for r in run.rewrites)
+    """Rewrites counted by verdict and reason kind (failures by their failure kind), most frequent first."""
+    c = Counter((r["verdict"], (r.get("failure") if r["verdict"] == "error" else None) or reason_kind(r["reason"]))
+                for r in run.rewrites)
     return [{"verdict": v, "reason": k, "count": n}
             for (v, k), n in sorted(c.items(), key=lambda kv: (VERDICTS.index(kv[0][0]) if kv[0][0] in VERDICTS else 9, -kv[1], kv[0][1]))]
 
@@ -260,10 +274,13 @@ def usage(run: Run) -> dict[str, Any]:
         return sum((r.get(key) or 0) for r in run.rewrites)
 
     costs = [r["cost"] for r in run.rewrites if r.get("cost") is not None]
+    walls = [e["round_seconds"] for e in run.epochs if e.get("round_seconds") is not None]
+    unpriced = any(r.get("cost") is None and (r.get("tokens") or 0) > 0 for r in run.rewrites)
     return {"calls": total("calls"), "tokens": total("tokens"), "prompt_tokens": total("prompt_tokens"),
             "completion_tokens": total("completion_tokens"), "cache_hits": total("cache_hits"),
-            "cost": round(sum(costs), 6) if costs else (0.0 if not run.rewrites else None),
-            "seconds": round(total("seconds"), 3),
+            "cost": None if unpriced else round(sum(costs), 6) if costs else (0.0 if not run.rewrites else None),
+            # A round's rewrites overlap: the rounds' wall time is what they took (older folders: the rewrites' sum).
+            "seconds": round(sum(walls) if walls else total("seconds"), 3),
             "engines": sorted({r["engine"] for r in run.rewrites})}
 
 

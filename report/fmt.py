@@ -8,4 +8,4 @@ def pct(v: float | None) -> str:
 
 
 def cost(v: float | None) -> str:
-    return "n/a" if v is None else f"${v:.4f}"
+    return "no price" if v is None else f"${v:.4f}"

@@ -249,7 +249,7 @@ def _rewrites(run: D.Run) -> str:
                      [[f'<span class="badge {escape(x["verdict"])}">{escape(x["verdict"])}</span>', escape(x["reason"]),
                        str(x["count"])] for x in D.rewrite_reasons(run)], numeric={2})
     u = D.usage(run)
-    usage = _table(["LLM calls", "prompt tokens", "completion tokens", "cache hits", "cost", "rewrite seconds"],
+    usage = _table(["LLM calls", "prompt tokens", "completion tokens", "cache hits", "cost", "rewrite rounds (wall s)"],
                    [[str(u["calls"]), str(u["prompt_tokens"]), str(u["completion_tokens"]), str(u["cache_hits"]),
                      cost(u["cost"]), f'{u["seconds"]:.1f}']], numeric={0, 1, 2, 3, 4, 5})
     cards = "".join(_rewrite_card(r) for r in rs[:MAX_CARDS])

@@ -67,7 +67,7 @@ def inspect_tables(run: D.Run) -> list:
 
     u = D.usage(run)
     t = Table(title="LLM usage (rewriter)", title_justify="left", header_style="bold")
-    for col in ("calls", "prompt tok", "compl. tok", "cache hits", "cost", "rewrite s"):
+    for col in ("calls", "prompt tok", "compl. tok", "cache hits", "cost", "rewrite rounds s"):
         t.add_column(col, justify="right", no_wrap=True)
     t.add_row(str(u["calls"]), str(u["prompt_tokens"]), str(u["completion_tokens"]), str(u["cache_hits"]),
               cost(u["cost"]), f"{u['seconds']:.1f}")
@@ -133,6 +133,14 @@ def _routing_tables(run: D.Run) -> list:
         colour = {"accepted": "green", "rejected": "yellow", "error": "red", "skipped": "dim"}
         for r in D.rewrite_reasons(run):
             t.add_row(Text(r["verdict"], style=colour.get(r["verdict"], "")), r["reason"], str(r["count"]))
+        out.append(t)
+    failures = D.failures_by_kind(run)
+    if failures:
+        t = Table(title="Failed rewrites by kind (one stored reason each)", title_justify="left", header_style="bold")
+        for col in ("kind", "count", "example"):
+            t.add_column(col, justify="right" if col == "count" else "left", overflow="fold")
+        for f in failures:
+            t.add_row(f["kind"], str(f["count"]), f["example"])
         out.append(t)
     return out
 

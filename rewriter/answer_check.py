@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
+from rewriter.engine import failure_kind
 from rewriter.strategies.base import Meter, RewriteResult, Strategy, failure_reason
 
 # An answer needs only a few words; a long reply is the engine explaining itself and costs tokens for nothing.
@@ -40,7 +41,9 @@ class AnswerChecked(Strategy):
         try:
             reply = ctx.engine.generate(res.new_question, system=system, max_tokens=ANSWER_TOKENS)
         except Exception as e:  # the check did not happen: keep the sample numerical rather than trust it unchecked
-            return self._total(meter, res, "error", f"answer check failed: {failure_reason(e)}", keep=False)
+            out = self._total(meter, res, "error", f"answer check failed: {failure_reason(e)}", keep=False)
+            out.failure = failure_kind(e)
+            return out
         res.scores = {**res.scores, "answer_check": _short(reply)}
         if not self.score(reply, sample):
             why = f"answer check: the engine answered {_short(reply)!r} to the rewrite; gold {_short(sample.answer, 40)!r}"

@@ -201,7 +201,7 @@ def _account(r: _Round, replies: dict[int, BatchReply], base, store, cached, bud
                           model=base.model, kind="openai", reserved=1)
 
 
-def _result(r: _Round, i: int, ctx, engine, cached, strategy, seconds: float) -> RewriteResult:
+def _result(r: _Round, i: int, ctx, engine, cached, strategy) -> RewriteResult:
     """Job i's RewriteResult from its own reply, a cached one, or the reply of an identical request."""
     if i in r.fresh:
         line = r.fresh[i]
@@ -217,12 +217,13 @@ def _result(r: _Round, i: int, ctx, engine, cached, strategy, seconds: float) ->
         if cached is not None and err is None:
             cached.count_hit()
     if err is not None:
-        res = meter.result(None, None, "error", scrub(engine, f"BatchError: {err}"))
+        res = meter.result(None, None, "error", scrub(engine, f"BatchError: {err}"), failure="http")
     elif not text or not text.strip():
-        res = meter.result(None, None, "error", "empty reply from the rewriter engine")
+        res = meter.result(None, None, "error", "empty reply from the rewriter engine", failure="malformed")
     else:
         res = judge(ctx, meter, strategy.parse(text), None)
-    res.seconds = seconds if i in r.fresh else 0.0
+    # A batch is timed as a whole (the round's wall time); no row is charged the batch's time.
+    res.seconds = None
     return res
 
 
@@ -244,7 +245,6 @@ def rewrite_batch(jobs, engine, workdir: str | os.PathLike, cache=None, *, mode:
     if mode not in ("api", "replay"):
         raise ValueError(f"rewrite_batch mode={mode!r}: choose 'api' or 'replay'")
     strategy = strategy or DirectStrategy()
-    start = time.perf_counter()
     base = http_engine(engine)
     store, cached = _cache_of(engine, cache), _cached_engine(engine)
     keys = [request_key(engine, *strategy.request(ctx)) for _, ctx in jobs]
@@ -253,8 +253,7 @@ def rewrite_batch(jobs, engine, workdir: str | os.PathLike, cache=None, *, mode:
     if r.first:
         replies = _fetch(r, engine, base, workdir, strategy, mode, poll_seconds, timeout, sleep)
         _account(r, replies, base, store, cached, budget, strategy, mode)
-    seconds = round(time.perf_counter() - start, 4)
     for i, (_, ctx) in enumerate(jobs):
         if r.results[i] is None:
-            r.results[i] = _result(r, i, ctx, engine, cached, strategy, seconds)
+            r.results[i] = _result(r, i, ctx, engine, cached, strategy)
     return r.results

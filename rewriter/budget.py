@@ -29,6 +29,9 @@ DEFAULT_PRICES: dict[str, tuple[float, float]] = {
 class BudgetExhausted(EngineError):
     """A limit was reached before this call; nothing was sent."""
 
+    def __init__(self, message: str):
+        super().__init__(message, kind="budget")
+
 
 def price_of(model: str | None, prices: dict[str, Any] | None = None, kind: str = "openai") -> tuple[float, float] | None:
     """(prompt, completion) USD per 1M tokens; (0, 0) for engines not of kind "openai" (local ones, and yours

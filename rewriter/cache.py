@@ -5,8 +5,11 @@
 
 The key is the sha256 of (engine kind, model, base_url without credentials, the full messages, the sampling
 parameters the call would send), so changing the temperature, the model or one character of a prompt misses.
-Only successful replies are stored (a failed or malformed call raises and leaves nothing behind). textgrad's own
-disk cache is never involved: textgrad only ever sees our engines through `engines.as_textgrad`.
+Successful replies are stored; so are failures that would repeat (an EngineError with `repeats`: a malformed reply
+to a deterministic request after its retries, a 4xx refusal): a rerun raises them again at once, without a call
+(kind "known-failure"), unless `retry_failures` says to send them again. Transient failures (timeouts, 5xx,
+connection errors, an open circuit, the budget) are never stored. textgrad's own disk cache is never involved:
+textgrad only ever sees our engines through `engines.as_textgrad`.
 
 Thread-safe: one connection behind a lock; concurrent identical requests are made once (the others wait for
 the first and count as hits). Counters: `hits`, `misses` (totals) and `hits_here()` (this thread's).
@@ -21,13 +24,20 @@ import sqlite3
 import threading
 import time
 
-from rewriter.engine import CONTROL_PARAMS, to_messages, usage_detail_of
+from rewriter.engine import CONTROL_PARAMS, EngineError, to_messages, usage_detail_of
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS replies (
     key TEXT PRIMARY KEY,
     engine TEXT NOT NULL,
     reply TEXT NOT NULL,
+    created REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS failures (
+    key TEXT PRIMARY KEY,
+    engine TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    reason TEXT NOT NULL,
     created REAL NOT NULL
 )
 """
@@ -62,7 +72,7 @@ class ReplyCache:
         self._db = sqlite3.connect(self.path, check_same_thread=False, timeout=30)
         with self._lock, self._db:
             self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute(SCHEMA)
+            self._db.executescript(SCHEMA)
 
     def get(self, key: str) -> str | None:
         with self._lock:
@@ -75,6 +85,21 @@ class ReplyCache:
                 "INSERT OR REPLACE INTO replies (key, engine, reply, created) VALUES (?, ?, ?, ?)",
                 (key, engine, reply, time.time()),
             )
+
+    def failure(self, key: str) -> tuple[str, str] | None:
+        """(kind, reason) of a request that failed in a way that would repeat, or None."""
+        with self._lock:
+            row = self._db.execute("SELECT kind, reason FROM failures WHERE key=?", (key,)).fetchone()
+        return None if row is None else (row[0], row[1])
+
+    def put_failure(self, key: str, engine: str, kind: str, reason: str) -> None:
+        with self._lock, self._db:
+            self._db.execute("INSERT OR REPLACE INTO failures (key, engine, kind, reason, created) VALUES (?, ?, ?, ?, ?)",
+                             (key, engine, kind, reason, time.time()))
+
+    def forget_failure(self, key: str) -> None:
+        with self._lock, self._db:
+            self._db.execute("DELETE FROM failures WHERE key=?", (key,))
 
     def __len__(self) -> int:
         with self._lock:
@@ -92,9 +117,11 @@ class CachedEngine:
     calls really made, so a cache hit costs 0 calls and 0 tokens.
     """
 
-    def __init__(self, engine, path: str | os.PathLike):
+    def __init__(self, engine, path: str | os.PathLike, retry_failures: bool = False):
         self.engine = engine
         self.cache = path if isinstance(path, ReplyCache) else ReplyCache(path)
+        self.retry_failures = retry_failures
+        self.known_failures = 0  # requests not sent because they failed before in a way that would repeat
         self.name = getattr(engine, "name", type(engine).__name__)
         self._lock = threading.Lock()
         self._local = threading.local()
@@ -169,9 +196,22 @@ class CachedEngine:
                 break
             waiting.wait()  # the same request is in flight in another thread: take its reply (or try ourselves)
         try:
+            known = None if self.retry_failures else self.cache.failure(key)
+            if known is not None:
+                with self._lock:
+                    self.known_failures += 1
+                raise EngineError(f"not sent again: it failed before ({known[1]}); rewriter.retry_failures=true "
+                                  "sends it again", kind="known-failure")
             self.count_miss()
-            reply = self.engine.generate(prompt, system=system, **params)
+            try:
+                reply = self.engine.generate(prompt, system=system, **params)
+            except EngineError as e:
+                if e.repeats:
+                    self.cache.put_failure(key, self.name, e.kind, str(e))
+                raise
             self.cache.put(key, self.name, reply)
+            if self.retry_failures:
+                self.cache.forget_failure(key)
             return reply
         finally:
             with self._lock:
@@ -179,4 +219,5 @@ class CachedEngine:
             mine.set()
 
     def stats(self) -> dict:
-        return {"cache_hits": self.hits, "cache_misses": self.misses, "cache_entries": len(self.cache)}
+        return {"cache_hits": self.hits, "cache_misses": self.misses, "cache_entries": len(self.cache),
+                "known_failures": self.known_failures}

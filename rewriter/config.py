@@ -33,6 +33,7 @@ class RewriterConfig:
     max_reply_chars: int | None = option(None, "Longer replies are malformed and retried (default: max(2000, 16 x max_tokens)).")
     concurrency: int = option(8, "Rewrites of one routing round run side by side (one sample's TextGrad steps stay in order).")
     cache: bool = option(True, "Keep every engine reply in a persistent SQLite cache, so a rerun pays nothing twice.")
+    retry_failures: bool = option(False, "Send again requests that failed before in a way that would repeat (a malformed reply to a deterministic request, a 4xx refusal); by default the reply cache remembers them and a rerun skips them without a call.")
     cache_path: str | None = option(None, "Reply cache file (default: <run.out_dir>/rewrite-cache.sqlite, shared by the runs there).")
     max_calls: int | None = option(None, "Budget: most engine calls of the run (None: no limit); then the remaining symbolic samples stay numerical.")
     max_total_tokens: int | None = option(None, "Budget: most prompt + completion tokens of the run (None: no limit).")

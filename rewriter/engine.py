@@ -68,8 +68,25 @@ class BatchEngine(CacheableEngine, Protocol):
     def record_usage(self, prompt_tokens: int, completion_tokens: int) -> None: ...
 
 
+# Why a call failed, as stored with a failed rewrite (`rewrites.failure`) and grouped by `nslora inspect`.
+FAILURE_KINDS = ("malformed", "http", "timeout", "connection", "circuit-open", "budget", "known-failure", "other")
+
+
 class EngineError(RuntimeError):
-    """One generate call failed (HTTP error, timeout, refused request). The message is one line, without secrets."""
+    """One generate call failed (HTTP error, timeout, refused request). The message is one line, without secrets.
+
+    `kind`: one of FAILURE_KINDS. `repeats`: the same request would fail the same way again (a malformed reply to a
+    deterministic request, a 4xx refusal), so the reply cache remembers it and a rerun does not pay for it again."""
+
+    def __init__(self, message: str, kind: str = "other", repeats: bool = False):
+        super().__init__(message)
+        self.kind, self.repeats = kind, repeats
+
+
+def failure_kind(e: BaseException) -> str:
+    """The failure kind of any exception a rewrite met (an engine's own errors say theirs)."""
+    kind = getattr(e, "kind", None)
+    return kind if kind in FAILURE_KINDS else "other"
 
 
 class UsageCounter:

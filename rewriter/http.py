@@ -2,8 +2,11 @@
 backoff and a circuit breaker per endpoint.
 
 OpenAIEngine does its own retries (the openai client runs with max_retries=0, so counts are exact): timeouts,
-429 (honouring Retry-After), 5xx, connection errors and malformed replies (empty, over-long, missing the
-expected tag) are retried up to `max_retries` times with exponential backoff and jitter; a circuit breaker per
+429 (honouring Retry-After), 5xx and connection errors are retried as they were (the server never answered them);
+a malformed reply (empty, over-long, missing the expected tag) is retried with a changed request, since a greedy
+server answers the same request the same way: a format reminder appended to the last user turn, and from the
+second retry on a temperature raised by 0.3 a retry. No identical request is sent twice after a malformed reply.
+Up to `max_retries` retries, with exponential backoff and jitter; a circuit breaker per
 endpoint (shared by every engine on that base_url) fails calls fast after `breaker_failures` consecutive
 failed attempts, for `breaker_cooldown` seconds, then lets one trial call through. `outcomes` counts every
 attempt's outcome. Public hooks for the Batch API path: `client`, `scrub`, `describe_failure`, `record_usage`.
@@ -37,6 +40,7 @@ class CircuitBreaker:
         self.opened_until: float | None = None
         self._trial = False
         self.times_opened = 0
+        self.last_failure = ""  # the cause behind the open circuit, for the reasons of the calls it refuses
 
     def allow(self) -> bool:
         with self._lock:
@@ -57,9 +61,10 @@ class CircuitBreaker:
             self.opened_until = None
             self._trial = False
 
-    def failure(self) -> None:
+    def failure(self, cause: str = "") -> None:
         with self._lock:
             self.failures += 1
+            self.last_failure = cause or self.last_failure
             if self._trial or self.failures >= self.threshold:
                 if self.opened_until is None or self._trial:
                     self.times_opened += 1
@@ -117,6 +122,42 @@ def _retry_after(e) -> float | None:
     return max(0.0, when.timestamp() - time.time())
 
 
+def _host(url: str) -> str:
+    parts = urlsplit(url)
+    return f"{parts.hostname or ''}{':' + str(parts.port) if parts.port else ''}"
+
+
+def engine_label(model: str, base_url: str) -> str:
+    """A short name for logs and reasons: the model's base name (a server's model may be a long file path) and host."""
+    base = os.path.basename(str(model).rstrip("/")) or str(model)
+    return f"openai:{base}@{_host(base_url)}"
+
+
+# What each attempt outcome is as a failure kind (rewriter.engine.FAILURE_KINDS).
+_KIND = {"timeout": "timeout", "connection_error": "connection", "rate_limited": "http", "server_error": "http",
+         "client_error": "http", "malformed": "malformed"}
+RETRY_TEMPERATURE_STEP = 0.3
+
+
+def reminder(problem: str, expect: str | None, max_chars: int) -> str:
+    """What a retry after a malformed reply adds to the request, so that it is not the request that failed."""
+    if expect and f"no {expect}" in problem:
+        closing = expect.replace("<", "</", 1)
+        return f"(Format reminder: your previous reply lacked {expect}. Put your answer between {expect} and {closing}.)"
+    if "over-long" in problem:
+        return f"(Your previous reply was too long. Reply in under {max_chars // 2} characters.)"
+    return "(Your previous reply was empty. Reply with the text asked for.)"
+
+
+def with_reminder(messages: list[dict], note: str) -> list[dict]:
+    out = [dict(m) for m in messages]
+    last = next((m for m in reversed(out) if m.get("role") == "user" and isinstance(m.get("content"), str)), None)
+    if last is None:
+        return out + [{"role": "user", "content": note}]
+    last["content"] = f"{last['content']}\n\n{note}"
+    return out
+
+
 def _safe_url(url: str) -> str:
     """The URL without user:password or query string, which may carry credentials."""
     parts = urlsplit(url)
@@ -165,7 +206,7 @@ class OpenAIEngine(UsageCounter):
         self.temperature = temperature
         self.max_tokens = max_tokens
         self.timeout = timeout
-        self.name = f"openai:{model}@{self.base_url}"
+        self.name = engine_label(model, self.base_url)
         self.kind = "openai"
         self.max_retries = max(0, int(max_retries))
         self.backoff_base = backoff_base
@@ -258,47 +299,59 @@ class OpenAIEngine(UsageCounter):
         messages = to_messages(prompt, system)
         last = ""
         attempts = self.max_retries + 1
+        send, kind, malformed = (messages, request), "other", 0
         for attempt in range(attempts):
             if not self.breaker.allow():
                 self._count("circuit_open")
-                why = f"; last failure: {last}" if last else ""
+                cause = last or self.breaker.last_failure
                 raise EngineError(
-                    f"{self.name}: circuit open after {self.breaker.threshold} consecutive failures, not calling "
-                    f"for {self.breaker.remaining():.0f} s{why}"
-                )
+                    f"{self.name}: {cause or 'failing'}; circuit open after {self.breaker.threshold} consecutive "
+                    f"failures, not calling for {self.breaker.remaining():.0f} s", kind="circuit-open")
             asked = None
             try:
-                reply = self.client.chat.completions.create(model=self.model, messages=messages, **request)
+                reply = self.client.chat.completions.create(model=self.model, messages=send[0], **send[1])
             except openai.OpenAIError as e:
                 outcome, retryable, asked = self._classify(e)
                 self._count(outcome)
-                last = self.describe_failure(e)
+                last, kind = self.describe_failure(e), _KIND[outcome]
                 if not retryable:
-                    self.breaker.success()  # the endpoint answered; the request was wrong
-                    raise EngineError(f"{self.name}: {last}") from None
-                self.breaker.failure()
+                    self.breaker.success()  # the endpoint answered; the request was wrong, and would be again
+                    raise EngineError(f"{self.name}: {last}", kind=kind, repeats=outcome == "client_error") from None
+                self.breaker.failure(last)
                 if asked is not None and asked > self.retry_after_max:
                     self._count("gave_up")
                     raise EngineError(
                         f"{self.name}: {last}; the server asks to wait {asked:.0f} s, over retry_after_max="
-                        f"{self.retry_after_max:g}"
-                    ) from None
+                        f"{self.retry_after_max:g}", kind=kind) from None
             else:
-                text, problem = self._read(reply, messages, expect)
+                text, problem = self._read(reply, send[0], expect)
                 if problem is None:
                     self.breaker.success()
                     self._count("ok")
                     return text
-                # The endpoint works; the reply is wrong. Retry, but do not trip the breaker over it.
+                # The endpoint works; the reply is wrong. Do not trip the breaker over it, and do not ask the same
+                # question again: a greedy server would give the same wrong reply.
                 self.breaker.success()
                 self._count("malformed")
-                last = problem
+                last, kind, malformed = problem, "malformed", malformed + 1
+                send = self._changed(messages, request, problem, expect, malformed)
             if attempt + 1 < attempts:
                 self._count("retries")
                 self._sleep(self._delay(attempt, asked))
         self._count("gave_up")
         tries = f" (after {attempts} attempts)" if attempts > 1 else ""
-        raise EngineError(f"{self.name}: {last}{tries}")
+        # A malformed reply to a deterministic request would come back on a rerun: the cache remembers it.
+        repeats = kind == "malformed" and float(request.get("temperature") or 0) == 0
+        raise EngineError(f"{self.name}: {last}{tries}", kind=kind, repeats=repeats)
+
+    def _changed(self, messages: list[dict], request: dict, problem: str, expect: str | None, n: int) -> tuple[list[dict], dict]:
+        """The request of the n-th retry after a malformed reply: a reminder, then a higher temperature too."""
+        self._count("retries_changed")
+        changed = with_reminder(messages, reminder(problem, expect, self.max_reply_chars))
+        if n < 2:
+            return changed, request
+        temperature = float(request.get("temperature") or 0) + RETRY_TEMPERATURE_STEP * (n - 1)
+        return changed, {**request, "temperature": round(min(temperature, 2.0), 2)}
 
 
 def probe(engine, timeout: float = 5.0) -> None:

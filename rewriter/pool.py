@@ -16,6 +16,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Callable
 
+from rewriter.engine import failure_kind
 from rewriter.strategies.base import RewriteResult, failure_reason
 
 
@@ -65,7 +66,7 @@ def rewrite_many(
         try:
             result = strategy.rewrite(sample, ctx)
         except Exception as e:  # strategies report their own failures; this catches a broken user strategy
-            result = RewriteResult(None, None, 0, 0, "error", failure_reason(e))
+            result = RewriteResult(None, None, 0, 0, "error", failure_reason(e), failure=failure_kind(e))
         if result.verdict == "error" and "budget exhausted" in result.reason:
             result.reason = result.reason[result.reason.index("budget exhausted"):]
         result.seconds = round(time.perf_counter() - start, 4)

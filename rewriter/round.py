@@ -13,6 +13,7 @@ live calls, or one Batch API job) or one update of the shared system prompt.
 from __future__ import annotations
 
 import os
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -24,13 +25,22 @@ from rewriter.guard import GuardConfig
 from rewriter.strategies import STRATEGIES, RewriteContext, RewriteResult, Strategy, build_strategy, check_strategy
 
 
+# A speed-up from concurrency below this is a server answering one request at a time; CALIBRATION rewrites of the
+# first concurrent round run alone to measure it.
+SERIAL_SPEEDUP = 1.3
+CALIBRATION = 2
+
+
 class RoundJob(NamedTuple):
-    """One symbolic sample of a round: the sample, its current prompt, and what the trained model answers now."""
+    """One symbolic sample of a round: the sample, its current prompt, what the trained model answers now, whether
+    that answer is right by the task's scorer, and its training loss (so the rewriter is told the truth)."""
 
     sample: Any
     system: str
     question: str
     student_answer: str
+    student_correct: bool | None = None
+    loss: float | None = None
 
 
 def guard_config(rt: RewriterConfig) -> GuardConfig:
@@ -57,7 +67,7 @@ def with_cache(engine, rt: RewriterConfig, run_dir: str | os.PathLike | None = N
         return engine
     from rewriter.cache import CachedEngine
 
-    return CachedEngine(engine, path)
+    return CachedEngine(engine, path, retry_failures=rt.retry_failures)
 
 
 @dataclass
@@ -68,6 +78,13 @@ class Rewriter:
     engine: Any = None  # None: the strategy calls no model, the policy never routes symbolic, or not the main process
     budget: Any = None
     guard: GuardConfig = field(default_factory=GuardConfig)
+    concurrency: int = 0  # what the next round runs at: rewriter.concurrency, or 1 once the server proved serial
+    measured: dict | None = None  # the speed-up concurrency gave, measured once (see _calibrate)
+    serial: dict | None = None  # set when that speed-up showed a server answering one request at a time
+    last_round: dict = field(default_factory=dict)  # the latest round's wall seconds, summed rewrite seconds, concurrency
+
+    def __post_init__(self):
+        self.concurrency = self.concurrency or self.cfg.concurrency
 
     @classmethod
     def plan(cls, rt: RewriterConfig, task: str | None = None, score=None) -> "Rewriter":
@@ -116,14 +133,18 @@ class Rewriter:
     def engine_name(self) -> str:
         return getattr(self.engine, "name", None) or ("none" if self.engine is None else type(self.engine).__name__)
 
-    def context(self, system: str, question: str, gold: str, student_answer: str) -> RewriteContext:
+    def context(self, system: str, question: str, gold: str, student_answer: str, student_correct: bool | None = None,
+                loss: float | None = None) -> RewriteContext:
         return RewriteContext(engine=self.engine, system=system, question=question, gold=gold,
                               student_answer=student_answer, optimize_system=self.cfg.optimize_system,
-                              guard=self.guard, task=self.task)
+                              guard=self.guard, task=self.task, student_correct=student_correct, loss=loss)
 
     def rewrite_round(self, jobs: list[RoundJob], workdir: str | os.PathLike, progress=None) -> list[RewriteResult]:
-        """Each job's RewriteResult, in order: live concurrent calls, or one Batch API job (`rewriter.batch`)."""
-        pairs = [(j.sample, self.context(j.system, j.question, j.sample.answer, j.student_answer)) for j in jobs]
+        """Each job's RewriteResult, in order: live concurrent calls, or one Batch API job (`rewriter.batch`).
+        The round is timed as a whole (`last_round`): its rewrites overlap, so their own times do not add up to it."""
+        pairs = [(j.sample, self.context(j.system, j.question, j.sample.answer, j.student_answer, j.student_correct, j.loss))
+                 for j in jobs]
+        start = time.perf_counter()
         if self.cfg.batch != "off":
             from rewriter.batch import rewrite_batch
 
@@ -132,10 +153,38 @@ class Rewriter:
                                     budget=self.budget)
             if progress is not None:
                 progress.update(len(pairs))
+            self.last_round = {"seconds": round(time.perf_counter() - start, 3), "busy": None, "concurrency": None}
             return results
         from rewriter.pool import rewrite_many
 
-        return rewrite_many(pairs, self.strategy, concurrency=self.cfg.concurrency, budget=self.budget, progress=progress)
+        concurrency = self.concurrency
+        if self.measured is None and concurrency > 1 and len(pairs) >= 2 + CALIBRATION:
+            results = self._calibrate(pairs, rewrite_many, progress)
+        else:
+            results = rewrite_many(pairs, self.strategy, concurrency=concurrency, budget=self.budget, progress=progress)
+        busy = sum(r.seconds or 0.0 for r in results)
+        self.last_round = {"seconds": round(time.perf_counter() - start, 3), "busy": round(busy, 3), "concurrency": concurrency}
+        return results
+
+    def _calibrate(self, pairs, rewrite_many, progress) -> list[RewriteResult]:
+        """The first concurrent round: CALIBRATION rewrites one at a time give the time of a rewrite alone, then the
+        rest run side by side. Their speed-up is (rewrites x time alone) / wall time: about the concurrency on a
+        server that answers requests in parallel, about 1 on one that queues them (llama.cpp's and Ollama's
+        defaults). Such a server gains nothing from concurrency and its queued requests run into their timeouts,
+        so later rounds run one at a time. Rewrites answered from the cache tell nothing and are left out."""
+        head = rewrite_many(pairs[:CALIBRATION], self.strategy, concurrency=1, budget=self.budget, progress=progress)
+        start = time.perf_counter()
+        rest = rewrite_many(pairs[CALIBRATION:], self.strategy, concurrency=self.concurrency, budget=self.budget, progress=progress)
+        wall = time.perf_counter() - start
+        live = lambda rs: [r.seconds for r in rs if r.calls > 0 and not r.cache_hits and r.seconds]
+        alone, side_by_side = live(head), live(rest)
+        if len(alone) == CALIBRATION and len(side_by_side) >= 2 and wall > 0:
+            speedup = len(side_by_side) * (sum(alone) / len(alone)) / wall
+            self.measured = {"speedup": round(speedup, 2), "concurrency": self.concurrency, "rewrites": len(side_by_side)}
+            if speedup < SERIAL_SPEEDUP:
+                self.serial = dict(self.measured)
+                self.concurrency = 1
+        return head + rest
 
     def update_system(self, system: str, examples: list[tuple[str, str, str]]) -> RewriteResult:
         """One update of the shared system prompt from (question, student answer, gold) examples."""
@@ -146,11 +195,14 @@ class Rewriter:
         """How a shared-P update is recorded in the rewrites table: by the method that made it."""
         return f"{self.strategy.system_method or self.cfg.strategy}-system"
 
-    def cost(self, res: RewriteResult) -> float:
-        """Estimated USD of a rewrite: only engines of kind "openai" are priced (by rewriter.model)."""
-        from rewriter.budget import cost_of
+    def cost(self, res: RewriteResult) -> float | None:
+        """Estimated USD of a rewrite: only engines of kind "openai" are priced (by rewriter.model); None when
+        it spent tokens on a model with no known price (shown as "no price", never as $0)."""
+        from rewriter.budget import cost_of, price_of
         from rewriter.engine import engine_kind
 
         kind = self.cfg.engine if self.engine is None else engine_kind(self.engine)
         prices = {k: tuple(v) for k, v in self.cfg.prices.items()}
+        if res.tokens and price_of(self.cfg.model, prices, kind) is None:
+            return None
         return cost_of(self.cfg.model, res.prompt_tokens, res.completion_tokens, prices, kind)

@@ -212,7 +212,8 @@ def _run_command(args) -> int:
     if args.print_config:
         print(yaml.safe_dump(config_mod.to_dict(cfg), sort_keys=False), end="")
         return 0
-    from router.run import dry_run, run, summary
+    from router.run import dry_run, run
+    from router.summary import summary
 
     if args.dry_run:
         print(dry_run(cfg))
@@ -252,7 +253,8 @@ def _report_command(args) -> int:
 
 
 def _resume_command(args) -> int:
-    from router.run import resume, summary
+    from router.run import resume
+    from router.summary import summary
 
     metrics = resume(args.run_dir)
     if metrics:

@@ -50,7 +50,14 @@ def llm_usage(ctx) -> dict[str, Any]:
     """Calls, tokens, estimated cost and cache hits, summed over the run's recorded rewrites."""
     totals = ctx.store.llm_totals()
     engine, budget = ctx.rewriter.engine, ctx.rewriter.budget
-    usage = {"engine": getattr(engine, "name", None), **totals, "cost": round(totals["cost"], 6)}
+    unpriced = totals.pop("unpriced")
+    # A model without a price has cost unknown, not $0 (a paid model missing from rewriter.prices would read as free).
+    usage = {"engine": getattr(engine, "name", None), **totals, "cost": None if unpriced else round(totals["cost"], 6)}
+    usage["rounds"] = ctx.store.round_times()
+    if ctx.rewriter.measured is not None:
+        usage["concurrency_speedup"] = ctx.rewriter.measured
+    if ctx.rewriter.serial is not None:
+        usage["serial_server"] = ctx.rewriter.serial
     if budget is not None:
         usage["budget"] = {**budget.snapshot(), "exhausted": budget.exhausted()}
     return usage

@@ -215,14 +215,20 @@ def rewrite(state, ctx: RunContext):
         answers = ctx.trainer.generate(current, ctx.cfg.train.max_new_tokens, ctx.cfg.train.eval_batch_size)
     else:
         answers = [""] * len(current)
-    jobs = [RoundJob(ctx.by_id[i], system, question, answer) for i, (system, question), answer in zip(symbolic, current, answers)]
+    # A candidate is one whose teacher-forced answer tokens are not all right, which a right generated answer
+    # can still be: the rewriter is told which, and never that a right answer is wrong.
+    losses = ctx.store.losses_at(epoch)
+    jobs = [RoundJob(ctx.by_id[i], system, question, answer, bool(ctx.score(answer, ctx.by_id[i])) if ctx.rewriter.calls_model else None,
+                     losses.get(i)) for i, (system, question), answer in zip(symbolic, current, answers)]
     if ctx.trainer.is_main:
         rows, update = shared_round(state, ctx, jobs) if ctx.policy.optimizes_shared_system else sample_round(state, ctx, jobs)
+        timing = dict(ctx.rewriter.last_round) if not ctx.policy.optimizes_shared_system else {}
     else:
-        rows, update = [], {}
-    rows, update = ctx.broadcast((rows, update))
+        rows, update, timing = [], {}, {}
+    rows, update, timing = ctx.broadcast((rows, update, timing))
     ctx.store.add_rewrites(rows)
-    ctx.store.set_round(epoch, len(symbolic), sum(r["verdict"] == "accepted" for r in rows))
+    ctx.store.set_round(epoch, len(symbolic), sum(r["verdict"] == "accepted" for r in rows), timing.get("seconds"),
+                        timing.get("busy"), timing.get("concurrency"))
     return update
 
 
@@ -265,7 +271,7 @@ def rewrite_row(ctx: RunContext, epoch, sample_id, version, job: RoundJob, strat
             "strategy": strategy, "verdict": res.verdict, "reason": res.reason, "calls": res.calls, "tokens": res.tokens,
             "prompt_tokens": res.prompt_tokens, "completion_tokens": res.completion_tokens,
             "cache_hits": res.cache_hits, "cost": cost, "scores": json.dumps(res.scores, sort_keys=True),
-            "seconds": round(res.seconds, 3)}
+            "seconds": None if res.seconds is None else round(res.seconds, 3), "failure": res.failure}
 
 
 def export(state, ctx: RunContext):

@@ -290,7 +290,20 @@ def dry_run(cfg: Config) -> str:
     if limits:
         lines.append("budget: " + ", ".join(f"rewriter.{k}={v}" for k, v in limits.items())
                      + "; when reached, the remaining symbolic samples stay numerical")
-    return "\n".join(lines)
+    if kind == "openai" and est["calls"] and not est["priced"]:
+        lines.append(f"no price known for rewriter.model={cfg.rewriter.model}: the cost above is not an estimate; add it to rewriter.prices")
+    return "\n".join(lines + _probe(p, cfg))
+
+
+def _probe(p: Plan, cfg: Config) -> list[str]:
+    """Whether the rewriter's endpoint answers now (one cheap request, as a run's start makes); nothing written."""
+    if cfg.rewriter.engine == "local" or not p.rewriter.calls_model:
+        return []
+    try:
+        p.rewriter.open_remote()
+    except UserError as e:
+        return [f"endpoint: no answer: {e}"]
+    return [f"endpoint: {p.rewriter.engine_name} answered"]
 
 
 def _agree(dist, check) -> None:
@@ -355,39 +368,3 @@ def _prompt(tokenizer, s) -> str:
     from adapters.train import prompt_text
 
     return prompt_text(tokenizer, s.system, s.question)
-
-
-def _other_scoring(acc: dict[str, Any]) -> str:
-    other = "strict" if acc.get("scoring", "flexible") == "flexible" else "flexible"
-    o = acc.get(other)
-    if not o or o.get("before") is None:
-        return ""
-    return f"; {other}: {o['before']:.3f} → {o['final']:.3f}"
-
-
-def summary(metrics: dict[str, Any]) -> str:
-    acc = metrics["heldout_accuracy"]
-    c = metrics["counts"]
-    lines = [
-        f"run: {metrics['run_dir']}",
-        f"held-out accuracy: before {acc['before']:.3f} → after {acc['final']:.3f} ({metrics['counts']['heldout']} samples, "
-        f"{acc.get('scoring', 'flexible')} scoring)" + _other_scoring(acc),
-        f"routing rounds: {c.get('routing_rounds', 0)}, decisions: {c.get('decisions', 0)}, symbolic: {c.get('symbolic', 0)}, "
-        f"rewrites accepted/rejected/failed: {c.get('rewrites_accepted', 0)}/{c.get('rewrites_rejected', 0)}/{c.get('rewrites_error', 0)}",
-        f"LLM calls: {metrics['llm']['calls']} (+{metrics['llm']['cache_hits']} from cache), tokens: "
-        f"{metrics['llm']['prompt_tokens']}+{metrics['llm']['completion_tokens']}, estimated cost: ${metrics['llm']['cost']:.4f}"
-        + (f", reverted rewrites: {c['reverts']}" if c.get("reverts") else ""),
-        f"wall time: {metrics['wall_seconds']:.1f} s",
-    ]
-    routing = metrics.get("routing")
-    if routing and routing["total"]["f1"] is not None:
-        t, r = routing["total"], routing["total"]["random"]
-        lines.append(f"routing vs planted faults: precision {t['precision']:.2f}, recall {t['recall']:.2f}, F1 {t['f1']:.2f} "
-                     f"(random at the same count: F1 {r['f1']:.2f}); faulty samples ever routed: {routing['cumulative_recall']:.0%}")
-    if c.get("rewrites_skipped"):
-        lines.append(f"budget reached: {c['rewrites_skipped']} symbolic samples stayed numerical "
-                     f"({metrics['llm'].get('budget', {}).get('exhausted') or 'see rewriter.max_*'})")
-    if c.get("rewrites_error"):
-        lines.append(f"warning: {c['rewrites_error']} rewrites failed (endpoint or engine errors, reasons in run.sqlite); "
-                     "those samples stayed numerical")
-    return "\n".join(lines)

@@ -30,7 +30,7 @@ CREATE TABLE IF NOT EXISTS rewrites (
   new_system TEXT, new_question TEXT, candidate TEXT, student_answer TEXT NOT NULL,
   engine TEXT NOT NULL, strategy TEXT NOT NULL, verdict TEXT NOT NULL, reason TEXT NOT NULL,
   calls INTEGER NOT NULL, tokens INTEGER NOT NULL, prompt_tokens INTEGER, completion_tokens INTEGER,
-  cache_hits INTEGER, cost REAL, scores TEXT, seconds REAL, PRIMARY KEY (epoch, sample_id)
+  cache_hits INTEGER, cost REAL, scores TEXT, seconds REAL, failure TEXT, PRIMARY KEY (epoch, sample_id)
 );
 CREATE TABLE IF NOT EXISTS evals (
   epoch INTEGER NOT NULL, sample_id TEXT NOT NULL, reply TEXT NOT NULL, prediction TEXT NOT NULL,
@@ -38,7 +38,8 @@ CREATE TABLE IF NOT EXISTS evals (
 );
 CREATE TABLE IF NOT EXISTS epochs (
   epoch INTEGER PRIMARY KEY, train_loss REAL, train_correct REAL, heldout_accuracy REAL,
-  saturated INTEGER, saturation_median REAL, symbolic INTEGER, accepted INTEGER, seconds REAL, skipped_steps INTEGER, oom_halvings INTEGER, micro_batch INTEGER
+  saturated INTEGER, saturation_median REAL, symbolic INTEGER, accepted INTEGER, seconds REAL, skipped_steps INTEGER, oom_halvings INTEGER, micro_batch INTEGER,
+  round_seconds REAL, round_busy_seconds REAL, round_concurrency INTEGER
 );
 """
 
@@ -50,13 +51,15 @@ class Store:
         # is enough because only the graph's sequential nodes write.
         self.db = sqlite3.connect(self.path, check_same_thread=False)
         self.db.executescript(SCHEMA)
-        columns = {r[1] for r in self.db.execute("PRAGMA table_info(samples)")}
-        if "fault" not in columns:  # a run folder written before the controlled benchmark existed
-            self.db.execute("ALTER TABLE samples ADD COLUMN fault TEXT")
-        columns = {r[1] for r in self.db.execute("PRAGMA table_info(evals)")}
-        for name in ("strict", "flexible"):  # a run folder written before both scorings were recorded
-            if name not in columns:
-                self.db.execute(f"ALTER TABLE evals ADD COLUMN {name} INTEGER")
+        # Run folders written before these columns existed (the controlled benchmark, both scorings, failure kinds,
+        # round wall times) get them empty.
+        for table, names in (("samples", {"fault": "TEXT"}), ("evals", {"strict": "INTEGER", "flexible": "INTEGER"}),
+                             ("rewrites", {"failure": "TEXT"}),
+                             ("epochs", {"round_seconds": "REAL", "round_busy_seconds": "REAL", "round_concurrency": "INTEGER"})):
+            columns = {r[1] for r in self.db.execute(f"PRAGMA table_info({table})")}
+            for name, kind in names.items():
+                if name not in columns:
+                    self.db.execute(f"ALTER TABLE {table} ADD COLUMN {name} {kind}")
         self.db.commit()
 
     def close(self) -> None:
@@ -107,9 +110,12 @@ class Store:
         with self.db:
             self.db.execute("UPDATE epochs SET saturated=?, saturation_median=? WHERE epoch=?", (int(saturated), median, epoch))
 
-    def set_round(self, epoch: int, symbolic: int, accepted: int) -> None:
+    def set_round(self, epoch: int, symbolic: int, accepted: int, seconds: float | None = None, busy: float | None = None,
+                  concurrency: int | None = None) -> None:
+        """A routing round's counts, its wall time, the summed time of its rewrites, and the concurrency it ran at."""
         with self.db:
-            self.db.execute("UPDATE epochs SET symbolic=?, accepted=? WHERE epoch=?", (symbolic, accepted, epoch))
+            self.db.execute("UPDATE epochs SET symbolic=?, accepted=?, round_seconds=?, round_busy_seconds=?, round_concurrency=? "
+                            "WHERE epoch=?", (symbolic, accepted, seconds, busy, concurrency, epoch))
 
     def signals_at(self, epoch: int) -> dict[str, dict[str, Any]]:
         """Sample id -> its signals row of one epoch."""
@@ -141,7 +147,13 @@ class Store:
         """Calls, tokens, estimated cost and cache hits summed over the recorded rewrites."""
         return self.query("SELECT COALESCE(SUM(calls), 0) AS calls, COALESCE(SUM(prompt_tokens), 0) AS prompt_tokens, "
                           "COALESCE(SUM(completion_tokens), 0) AS completion_tokens, COALESCE(SUM(cost), 0) AS cost, "
-                          "COALESCE(SUM(cache_hits), 0) AS cache_hits FROM rewrites")[0]
+                          "COALESCE(SUM(cache_hits), 0) AS cache_hits, "
+                          "COALESCE(SUM(cost IS NULL AND tokens > 0), 0) AS unpriced FROM rewrites")[0]
+
+    def round_times(self) -> list[dict[str, Any]]:
+        """Each timed rewrite round: wall seconds, the summed seconds of its rewrites, the concurrency it ran at."""
+        return self.query("SELECT epoch, round_seconds AS seconds, round_busy_seconds AS busy_seconds, round_concurrency AS "
+                          "concurrency FROM epochs WHERE round_seconds IS NOT NULL ORDER BY epoch")
 
     def epoch_rows(self) -> list[dict[str, Any]]:
         """The epochs table after training started, in order."""
@@ -169,6 +181,8 @@ class Store:
             out[f"path_{path}"] = n
         for verdict, n in self.db.execute("SELECT verdict, COUNT(*) FROM rewrites GROUP BY verdict"):
             out[f"rewrites_{verdict}"] = n
+        for kind, n in self.db.execute("SELECT failure, COUNT(*) FROM rewrites WHERE failure IS NOT NULL GROUP BY failure"):
+            out[f"failed_{kind}"] = n
         return dict(sorted(out.items()))
 
     def loss_histories(self, sample_ids: list[str]) -> dict[str, list[float]]:

@@ -228,7 +228,7 @@ def test_probe_reachable_and_failing_servers(engine, fake_openai):
 def test_engine_name_hides_credentials(monkeypatch):
     monkeypatch.setenv(KEY_ENV, KEY)
     eng = OpenAIEngine(base_url="http://user:pw@127.0.0.1:9/v1?token=abc", model="m", api_key_env=KEY_ENV)
-    assert eng.name == "openai:m@http://127.0.0.1:9/v1"
+    assert eng.name == "openai:m@127.0.0.1:9"
     assert KEY not in eng.name and KEY not in repr(eng)
 
 

@@ -103,8 +103,12 @@ def test_malformed_replies_are_retried_and_paid_for(fake_openai):
     fake_openai.script = ["empty", "long"]
     eng = make(fake_openai, [])
     assert eng.generate("hello").startswith("The answer is wrong")
-    assert dict(eng.outcomes) == {"malformed": 2, "retries": 2, "ok": 1}
+    assert dict(eng.outcomes) == {"malformed": 2, "retries": 2, "retries_changed": 2, "ok": 1}
     assert eng.calls == 3  # the malformed replies came back with usage: they count against the budget
+    # Each retry after a malformed reply is a changed request: a reminder, then a raised temperature as well.
+    sent = fake_openai.chat_requests()
+    assert sent[1]["messages"][-1]["content"].startswith("hello\n\n(Your previous reply was empty.")
+    assert "too long" in sent[2]["messages"][-1]["content"] and sent[2]["temperature"] == 0.3
     fake_openai.script = ["empty"] * 4
     with pytest.raises(EngineError, match="malformed reply: empty"):
         eng.generate("hello")

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal, get_args
 
 from rewriter import guard
-from rewriter.engine import cache_hits_of, usage_detail_of
+from rewriter.engine import cache_hits_of, failure_kind, usage_detail_of
 
 # skipped: not attempted (budget exhausted before the rewrite started); the sample stays numerical.
 Verdict = Literal["accepted", "rejected", "error", "skipped"]
@@ -38,7 +38,8 @@ class RewriteResult:
     completion_tokens: int = 0
     cache_hits: int = 0  # engine calls answered by the reply cache (not in `calls`)
     scores: dict[str, Any] = field(default_factory=dict)  # the meaning guard's measurements of the candidate
-    seconds: float = 0.0  # wall time of this rewrite (set by rewriter.pool)
+    seconds: float | None = 0.0  # wall time of this rewrite (set by rewriter.pool; None in a batch: see the round's)
+    failure: str | None = None  # why an "error" failed: a rewriter.engine.FAILURE_KINDS entry
 
 
 @dataclass
@@ -51,6 +52,8 @@ class RewriteContext:
     optimize_system: bool = False
     guard: Any = None  # rewriter.guard.GuardConfig; None: the defaults (embedding similarity on)
     task: str | None = None  # "babi", "gsm8k", "clinifact": for task-aware strategies (rules); None: guessed
+    student_correct: bool | None = None  # the student's answer is right by the task's scorer (None: not known)
+    loss: float | None = None  # the sample's training loss on its target: high while not yet learned
 
 
 class Meter:
@@ -80,11 +83,14 @@ class Meter:
                              prompt_tokens=prompt, completion_tokens=completion, cache_hits=hits, **kw)
 
 
+REASON_CHARS = 400  # long enough for an engine label, the cause and what the breaker did about it
+
+
 def failure_reason(e: BaseException) -> str:
     """One line for the run store; engine errors already come without secrets."""
     text = " ".join(str(e).split()) or type(e).__name__
-    if len(text) > 200:
-        text = text[:197] + "..."
+    if len(text) > REASON_CHARS:
+        text = text[: REASON_CHARS - 3] + "..."
     return f"{type(e).__name__}: {text}"
 
 
@@ -107,9 +113,11 @@ def judge(ctx: RewriteContext, meter: Meter, new_question: str | None, new_syste
     return meter.result(new_question, new_system, "accepted", reason, scores=scores)
 
 
-def error(meter: Meter, e: BaseException | str) -> RewriteResult:
-    reason = e if isinstance(e, str) else failure_reason(e)
-    return meter.result(None, None, "error", reason)
+def error(meter: Meter, e: BaseException | str, kind: str = "other") -> RewriteResult:
+    """A failed rewrite: an exception (its kind read from it) or a reason with its kind."""
+    if isinstance(e, str):
+        return meter.result(None, None, "error", e, failure=kind)
+    return meter.result(None, None, "error", failure_reason(e), failure=failure_kind(e))
 
 
 class Strategy:

@@ -14,15 +14,24 @@ SYSTEM = (
 )
 
 
-def _prompt(question: str, student_answer: str) -> str:
+def _verdict(student_correct: bool | None, loss: float | None) -> str:
+    """What the rewriter is told about the answer: the truth, so a right answer is never called wrong."""
+    if student_correct:
+        unsure = f" (its loss on the answer is still {loss:.2f})" if loss is not None else ""
+        return ("That answer is right, but the model has not learned it yet: it is not confident of it" + unsure + ". "
+                "Rewrite the question so that what is asked, and where the answer is found, is easier to see")
+    return "That answer is wrong. Rewrite the question so that its wording makes clearer what is asked"
+
+
+def _prompt(question: str, student_answer: str, student_correct: bool | None = None, loss: float | None = None) -> str:
     # The gold answer is left out on purpose: small models told the answer tend to write it into the question,
-    # and the guard would then reject the rewrite, wasting the call. The wrong answer alone shows what misled.
+    # and the guard would then reject the rewrite, wasting the call. The answer alone shows what misled.
     return (
         "A small language model was asked this question:\n"
         f"<QUESTION>\n{question}\n</QUESTION>\n"
         f"It answered: {student_answer.strip() or '(nothing)'}\n"
-        "That answer is wrong. Rewrite the question so that its wording makes clearer what is asked, keeping "
-        "every fact, number and name. Do not answer it. Reply with the rewritten question only."
+        f"{_verdict(student_correct, loss)}, keeping every fact, number and name. Do not answer it. Reply with the "
+        "rewritten question only."
     )
 
 
@@ -53,7 +62,7 @@ class DirectStrategy(Strategy):
 
     def request(self, ctx: RewriteContext) -> tuple[str, str]:
         """(prompt, system) of the one call: the same on the live and the Batch API paths."""
-        return _prompt(ctx.question, ctx.student_answer), SYSTEM
+        return _prompt(ctx.question, ctx.student_answer, ctx.student_correct, ctx.loss), SYSTEM
 
     def parse(self, reply: str) -> str:
         return clean(reply)
@@ -66,7 +75,7 @@ class DirectStrategy(Strategy):
         except Exception as e:  # HTTP errors, timeouts, a local model running out of memory: report, do not stop
             return error(meter, e)
         if not reply or not reply.strip():
-            return error(meter, "empty reply from the rewriter engine")
+            return error(meter, "empty reply from the rewriter engine", kind="malformed")
         return judge(ctx, meter, self.parse(reply), None)
 
     def update_system(self, examples, ctx: RewriteContext) -> RewriteResult:

@@ -30,15 +30,20 @@ SYSTEM_CONSTRAINTS = [
 ]
 
 
-def _eval_instruction(question: str, gold: str) -> str:
+def _eval_instruction(question: str, gold: str, student_correct: bool | None = None) -> str:
+    if student_correct:  # a candidate by its loss, not by its answer: say so rather than let the critic invent a fault
+        task = ("The student's answer is right, but the student has not learned it yet: it is not confident of it. "
+                "Say what in the question's wording makes the answer hard to find, and how the wording could make "
+                "it easier to see.")
+    else:
+        task = ("Compare the student's answer with the correct answer. If it is wrong, say what in the question's "
+                "wording may have misled the student and how the wording could help it answer correctly.")
     return (
         "You check a small student model's answer to this question:\n"
         f"<QUESTION>\n{question}\n</QUESTION>\n"
         f"The correct answer is: {gold}\n"
-        "Compare the student's answer with the correct answer. If it is wrong, say what in the question's "
-        "wording may have misled the student and how the wording could help it answer correctly. The "
-        "question's facts, numbers and names must stay exactly as they are, and the question must not reveal "
-        "or hint at the answer. Be brief."
+        f"{task} The question's facts, numbers and names must stay exactly as they are, and the question must not "
+        "reveal or hint at the answer. Be brief."
     )
 
 
@@ -88,7 +93,7 @@ class TextGradStrategy(Strategy):
             system = WholeVariable(ctx.system, requires_grad=ctx.optimize_system, role_description=SYSTEM_ROLE)
             answer = tg.BlackboxLLM(engine=Replay(ctx.student_answer), system_prompt=system)(question)
             answer.set_role_description(ANSWER_ROLE)
-            loss = tg.TextLoss(_eval_instruction(ctx.question, ctx.gold), engine=engine)(answer)
+            loss = tg.TextLoss(_eval_instruction(ctx.question, ctx.gold, ctx.student_correct), engine=engine)(answer)
             loss.backward(engine)
             new_question = _step(tg, engine, question, QUESTION_CONSTRAINTS)
             new_system = _step(tg, engine, system, SYSTEM_CONSTRAINTS) if ctx.optimize_system else None
