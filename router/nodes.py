@@ -189,14 +189,18 @@ def views(state, ctx: RunContext, sample_ids: list[str]) -> list[SampleView]:
 
 
 def view_payload(v: SampleView) -> dict[str, Any]:
-    return {"view": dataclasses.asdict(v)}
+    """A view as plain data, which a Send branch and a checkpoint can carry."""
+    return dataclasses.asdict(v)
 
 
 def decide(payload, ctx: RunContext):
-    """One candidate's route (a Send branch)."""
-    v = SampleView(**{**payload["view"], "losses": tuple(payload["view"]["losses"])})
-    d: Decision = ctx.policy.decide(v)
-    return {"decisions": [{"epoch": v.epoch, "sample_id": v.id, "policy": ctx.cfg.policy.name, **d.to_dict()}]}
+    """The routes of one chunk of candidates (a Send branch): each sample's decision, with its reason."""
+    out = []
+    for view in payload["views"]:
+        v = SampleView(**{**view, "losses": tuple(view["losses"])})
+        d: Decision = ctx.policy.decide(v)
+        out.append({"epoch": v.epoch, "sample_id": v.id, "policy": ctx.cfg.policy.name, **d.to_dict()})
+    return {"decisions": out}
 
 
 def rewrite(state, ctx: RunContext):

@@ -30,3 +30,9 @@ def test_overhead_bench_runs_both_arms():
 def test_grad_norm_bench_reports_every_mode(model):
     out = _json_line(["bench/grad_norm.py", "--model", model, "--steps", "1", "--batch", "2"])
     assert set(out["step_seconds"]) == {"off", "fast", "naive"} and set(out["peak_mb"]) == {"off", "fast", "naive"}
+
+
+def test_route_round_bench_decides_every_candidate_in_both_designs():
+    out = _json_line(["bench/route_round.py", "--sizes", "40", "1200"])
+    assert [r["candidates"] for r in out["rounds"]] == [40, 1200] and out["chunk"] == 1000
+    assert out["rounds"][1]["size_ratio"] == 30 and out["rounds"][1]["chunked_s"] > 0

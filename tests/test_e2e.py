@@ -174,6 +174,18 @@ def test_same_seed_gives_same_decisions_and_metrics(routed_run, tiny_dir, tmp_pa
         {k: v for k, v in e.items() if "seconds" not in k} for e in m2["train"]]
 
 
+def test_chunked_decide_branches_give_the_decisions_of_one_branch_per_candidate(routed_run, tiny_dir, tmp_path, monkeypatch):
+    import router.graph
+
+    run_dir, _ = routed_run
+    monkeypatch.setattr(router.graph, "CHUNK", 1)  # the first design: one Send per candidate
+    with FakeOpenAI() as srv:
+        cfg = write_config(tmp_path, tiny_dir, srv.base_url)
+        assert main(["run", str(cfg)]) == 0
+    sql = "SELECT * FROM decisions ORDER BY epoch, sample_id"
+    assert rows(tmp_path / "runs" / "r", sql) == rows(run_dir, sql) and len(rows(run_dir, sql)) >= 6
+
+
 def test_custom_policy_from_outside_the_package_routes_samples(tiny_dir, tmp_path, monkeypatch):
     (tmp_path / "team_rules.py").write_text(textwrap.dedent('''
         from policies import Decision, Policy
