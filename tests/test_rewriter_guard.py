@@ -92,6 +92,40 @@ def test_embedder_is_shared_and_thread_safe():
     assert max(sims) - min(sims) < 1e-5
 
 
+def test_concurrent_callers_share_forwards_and_get_their_own_vectors():
+    import threading
+
+    pairs = [(f"Mary moved to room {i}. Where is Mary?", f"Story: Mary moved to room {i}.\nQuestion: Where is Mary?")
+             for i in range(16)]
+    alone = guard.Embedder()
+    expected = [alone.similarity(a, b) for a, b in pairs]
+    shared, start = guard.Embedder(), threading.Barrier(16)
+    shared.encode(["warm up"])
+    shared.forwards, got = 0, [None] * 16
+
+    def ask(i):
+        start.wait()
+        got[i] = shared.similarity(*pairs[i])
+
+    threads = [threading.Thread(target=ask, args=(i,)) for i in range(16)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    assert max(abs(a - b) for a, b in zip(got, expected)) < 1e-5 and len(set(round(g, 6) for g in got)) > 1
+    assert shared.forwards < 16  # 16 callers, fewer forwards: they were batched
+
+
+def test_a_failing_batch_fails_every_caller_and_hangs_none(tmp_path):
+    from concurrent.futures import ThreadPoolExecutor
+
+    broken = guard.Embedder(path=str(tmp_path / "no-model"))
+    with ThreadPoolExecutor(4) as pool:
+        futures = [pool.submit(broken.similarity, f"a {i}", f"b {i}") for i in range(8)]
+        errors = [f.exception(timeout=60) for f in futures]
+    assert all(e is not None for e in errors)
+
+
 # --- rules strategy ------------------------------------------------------------------------------------------
 
 
