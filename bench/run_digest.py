@@ -3,7 +3,7 @@
     python bench/run_digest.py runs/a runs/b
 
 Prints one JSON line: per run, a sha256 of each table of run.sqlite (signals, decisions, rewrites, evals, epochs)
-and of metrics.json, with wall-clock fields (seconds, wall_seconds) left out, and whether all runs agree.
+and of metrics.json, with wall-clock fields (seconds, wall_seconds, round times) and the run's path left out, and whether all runs agree.
 """
 
 from __future__ import annotations
@@ -16,7 +16,8 @@ from pathlib import Path
 
 TABLES = {"signals": "epoch, sample_id", "decisions": "epoch, sample_id, path", "rewrites": "epoch, sample_id",
           "evals": "epoch, sample_id", "epochs": "epoch"}
-CLOCK = {"seconds", "wall_seconds"}
+# Wall-clock fields, and the run folder's own path, differ between any two runs.
+CLOCK = {"seconds", "wall_seconds", "round_seconds", "round_busy_seconds", "busy_seconds", "run_dir"}
 
 
 def _strip(obj):
