@@ -38,6 +38,7 @@ class Run:
     rewrites: list[dict[str, Any]]
     evals: list[dict[str, Any]]
     epochs: list[dict[str, Any]]
+    timings: list[dict[str, Any]] = field(default_factory=list)  # seconds per (epoch, node); older runs: none
     _by_sample: dict[str, list[dict[str, Any]]] = field(default_factory=dict, repr=False)
 
     @property
@@ -107,6 +108,7 @@ def load_run(path: str | Path) -> Run:
             rewrites=_rows(db, "SELECT * FROM rewrites ORDER BY epoch, sample_id"),
             evals=_rows(db, "SELECT * FROM evals ORDER BY epoch, sample_id"),
             epochs=_rows(db, "SELECT * FROM epochs ORDER BY epoch"),
+            timings=_rows(db, "SELECT * FROM timings ORDER BY epoch, node"),
         )
     finally:
         db.close()
@@ -240,19 +242,6 @@ def reason_kind(reason: str) -> str:
     """The reason without its particulars: "too long (812 chars, limit 400)" -> "too long"."""
     kind = re.split(r"\s+\(|:|\s+['\"]", reason or "", maxsplit=1)[0].strip()
     return kind or (reason or "").strip() or "—"
-
-
-def failures_by_kind(run: Run) -> list[dict[str, Any]]:
-    """Failed rewrites grouped by failure kind (malformed, http, connection, circuit-open, ...), most frequent
-    first, each with one stored reason as its example (older run folders: the reason's first words)."""
-    c: Counter = Counter()
-    example: dict[str, str] = {}
-    for r in run.rewrites:
-        if r["verdict"] == "error":
-            kind = r.get("failure") or reason_kind(r["reason"])
-            c[kind] += 1
-            example.setdefault(kind, r["reason"])
-    return [{"kind": k, "count": n, "example": example[k]} for k, n in sorted(c.items(), key=lambda kv: (-kv[1], kv[0]))]
 
 
 def rewrite_reasons(run: Run) -> list[dict[str, Any]]:

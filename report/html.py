@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from report import data as D
-from report import plots
+from report import plots, spent
 from report.fmt import cost, pct
 
 CSS = """
@@ -161,10 +161,14 @@ def _training(run: D.Run) -> str:
     table = _table(["epoch", "train loss", "train correct", "held-out acc", "median |C1|", "saturation", "symbolic",
                     "accepted", "seconds"], rows, numeric={0, 1, 2, 3, 4, 6, 7, 8},
                    row_class=lambda j: "sat" if sat_rows[j] else None)
+    nodes = spent.node_seconds(run)
+    timing = _table(["node", "seconds", "share of the timed"], [[escape(n["node"]), f'{n["seconds"]:.1f}', pct(n["share"])]
+                                                               for n in nodes], numeric={1, 2}) if nodes else ""
     return (f'<section id="training"><h2>Training and held-out accuracy</h2>'
             f'<p class="note">Mean training loss and accuracy per epoch. Red dotted lines (★) mark the epochs where '
-            f'training saturated and the policy routed samples; epoch 0 is the model before any training.</p>'
-            f'<div class="card">{svg or "<p>No epochs recorded yet.</p>"}</div>{table}</section>')
+            f'training saturated and the policy routed samples; epoch 0 is the model before any training. '
+            f'"seconds" is the training loop; the time of every graph node and of checkpoints follows.</p>'
+            f'<div class="card">{svg or "<p>No epochs recorded yet.</p>"}</div>{table}{timing}</section>')
 
 
 def _signals(run: D.Run) -> str:

@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any
 
 from report import data as D
+from report import spent
 from report.fmt import cost, pct
 
 
@@ -64,6 +65,15 @@ def inspect_tables(run: D.Run) -> list:
 
     out += _routing_tables(run)
     out += _evaluation_table(run)
+
+    nodes = spent.node_seconds(run)
+    if nodes:
+        t = Table(title="Time by node", title_justify="left", header_style="bold")
+        for col in ("node", "seconds", "share"):
+            t.add_column(col, justify="left" if col == "node" else "right")
+        for n in nodes:
+            t.add_row(n["node"], f"{n['seconds']:.1f}", pct(n["share"]))
+        out.append(t)
 
     u = D.usage(run)
     t = Table(title="LLM usage (rewriter)", title_justify="left", header_style="bold")
@@ -134,7 +144,7 @@ def _routing_tables(run: D.Run) -> list:
         for r in D.rewrite_reasons(run):
             t.add_row(Text(r["verdict"], style=colour.get(r["verdict"], "")), r["reason"], str(r["count"]))
         out.append(t)
-    failures = D.failures_by_kind(run)
+    failures = spent.failures_by_kind(run)
     if failures:
         t = Table(title="Failed rewrites by kind (one stored reason each)", title_justify="left", header_style="bold")
         for col in ("kind", "count", "example"):

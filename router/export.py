@@ -105,6 +105,8 @@ def export_run(path: Path, ctx, state, started: float) -> dict[str, Any]:
         "shared_system": state.get("shared_system"),
         **({"routing": _routing(ctx)} if getattr(ctx.task, "has_ground_truth", False) else {}),
         "wall_seconds": round(time.perf_counter() - started, 3),
+        # Seconds per graph node and for checkpoints, up to this export (run.sqlite's timings has them per epoch).
+        "node_seconds": ctx.store.timing_totals(),
     }
     _atomic_text(path / "metrics.json", json.dumps(metrics, indent=2))
     return metrics

@@ -36,7 +36,8 @@ def build_graph(ctx: RunContext, checkpointer=None):
 
     g = StateGraph(RunState)
     for name in ("evaluate", "train_epoch", "monitor", "decide", "rewrite", "export"):
-        g.add_node(name, partial(getattr(nodes, name), ctx=ctx))
+        node = partial(getattr(nodes, name), ctx=ctx)
+        g.add_node(name, node if ctx.clock is None else ctx.clock.timed(name, node))
     g.add_edge(START, "evaluate")
     g.add_conditional_edges("evaluate", after_evaluate, ["train_epoch", "export"])
     g.add_edge("train_epoch", "monitor")

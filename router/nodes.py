@@ -35,6 +35,7 @@ class RunContext:
     bar: Any = None  # a tqdm factory, or None for no progress bars
     run_dir: Any = None  # the run folder (main process); export writes there
     started: float = 0.0  # perf_counter() when the run started, for metrics.json's wall time
+    clock: Any = None  # router.timing.NodeClock: wall time per node into run.sqlite (None: untimed)
     by_id: dict[str, Sample] = field(init=False, repr=False)
 
     def __post_init__(self):

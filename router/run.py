@@ -213,7 +213,10 @@ def _execute(ctx, path: Path, dist, durable: bool) -> None:
         from report.tensorboard import TensorBoardLogger
 
         ctx.tensorboard = TensorBoardLogger(path)
-    saver = _checkpointer(ctx, path) if durable else None
+    from router.timing import NodeClock, timed_saver
+
+    ctx.clock = NodeClock(ctx.store)
+    saver = timed_saver(_checkpointer(ctx, path), ctx.clock) if durable else None
     graph = build_graph(ctx, checkpointer=saver)
     config = {"recursion_limit": 20 + 8 * ctx.cfg.train.epochs, "max_concurrency": 8, "configurable": {"thread_id": "run"}}
     initial = {"epoch": 0, "prompts": {s.id: {"system": s.system, "question": s.question, "version": 0} for s in ctx.train},
@@ -253,7 +256,11 @@ def _checkpointer(ctx, path: Path):
     from router import durable as dur
 
     (path / "checkpoints").mkdir(exist_ok=True)
-    ctx.checkpoint = lambda epoch: dur.save_trainer(ctx.trainer, path, epoch)
+    def checkpoint(epoch: int) -> None:
+        with ctx.clock.measure("checkpoint"):
+            dur.save_trainer(ctx.trainer, path, epoch)
+
+    ctx.checkpoint = checkpoint
     return SqliteSaver(sqlite3.connect(path / "checkpoints" / "graph.sqlite", check_same_thread=False))
 
 

@@ -36,6 +36,9 @@ CREATE TABLE IF NOT EXISTS evals (
   epoch INTEGER NOT NULL, sample_id TEXT NOT NULL, reply TEXT NOT NULL, prediction TEXT NOT NULL,
   correct INTEGER NOT NULL, strict INTEGER, flexible INTEGER, PRIMARY KEY (epoch, sample_id)
 );
+CREATE TABLE IF NOT EXISTS timings (
+  epoch INTEGER NOT NULL, node TEXT NOT NULL, seconds REAL NOT NULL, PRIMARY KEY (epoch, node)
+);
 CREATE TABLE IF NOT EXISTS epochs (
   epoch INTEGER PRIMARY KEY, train_loss REAL, train_correct REAL, heldout_accuracy REAL,
   saturated INTEGER, saturation_median REAL, symbolic INTEGER, accepted INTEGER, seconds REAL, skipped_steps INTEGER, oom_halvings INTEGER, micro_batch INTEGER,
@@ -149,6 +152,18 @@ class Store:
                           "COALESCE(SUM(completion_tokens), 0) AS completion_tokens, COALESCE(SUM(cost), 0) AS cost, "
                           "COALESCE(SUM(cache_hits), 0) AS cache_hits, "
                           "COALESCE(SUM(cost IS NULL AND tokens > 0), 0) AS unpriced FROM rewrites")[0]
+
+    def add_timings(self, rows: dict[tuple[int, str], float]) -> None:
+        """Add seconds to (epoch, node) totals (router.timing)."""
+        with self.db:
+            self.db.executemany("INSERT INTO timings (epoch, node, seconds) VALUES (?, ?, ?) ON CONFLICT (epoch, node) "
+                                "DO UPDATE SET seconds = seconds + excluded.seconds",
+                                [(e, n, s) for (e, n), s in rows.items()])
+
+    def timing_totals(self) -> dict[str, float]:
+        """Seconds per node over the whole run, largest first."""
+        return {n: round(s, 3) for n, s in self.db.execute(
+            "SELECT node, SUM(seconds) AS s FROM timings GROUP BY node ORDER BY s DESC")}
 
     def round_times(self) -> list[dict[str, Any]]:
         """Each timed rewrite round: wall seconds, the summed seconds of its rewrites, the concurrency it ran at."""

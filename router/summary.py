@@ -28,6 +28,8 @@ def summary(metrics: dict[str, Any]) -> str:
         f"wall time: {metrics['wall_seconds']:.1f} s",
     ]
     lines += _rounds(metrics["llm"])
+    if metrics.get("node_seconds"):
+        lines.append("time by node: " + ", ".join(f"{n} {sec:.1f} s" for n, sec in metrics["node_seconds"].items()))
     routing = metrics.get("routing")
     if routing and routing["total"]["f1"] is not None:
         t, r = routing["total"], routing["total"]["random"]

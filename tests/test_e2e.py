@@ -65,6 +65,22 @@ def routed_run(tiny_dir, tmp_path_factory):
     return tmp / "runs" / "r", requests
 
 
+def test_every_node_is_timed_per_epoch(routed_run, capsys):
+    run_dir, _ = routed_run
+    timings = rows(run_dir, "SELECT * FROM timings")
+    by = {(t["epoch"], t["node"]): t["seconds"] for t in timings}
+    assert {n for _, n in by} == {"evaluate", "train_epoch", "monitor", "decide", "rewrite", "checkpoint", "export"}
+    assert {e for e, n in by if n == "train_epoch"} == {1, 2, 3} and {e for e, n in by if n == "rewrite"} == {2, 3}
+    epochs = {e["epoch"]: e for e in rows(run_dir, "SELECT * FROM epochs WHERE epoch > 0")}
+    for e, row in epochs.items():  # the node's time holds the training loop's, not the trainer checkpoint's
+        assert by[(e, "train_epoch")] >= row["seconds"] * 0.95
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert set(metrics["node_seconds"]) >= {"train_epoch", "evaluate", "rewrite", "checkpoint"}
+    assert sum(metrics["node_seconds"].values()) <= metrics["wall_seconds"]
+    assert main(["inspect", str(run_dir)]) == 0
+    assert "Time by node" in capsys.readouterr().out
+
+
 def test_rewrites_went_over_http_and_were_trained_on(routed_run):
     run_dir, requests = routed_run
     rewrites = rows(run_dir, "SELECT * FROM rewrites ORDER BY epoch, sample_id")
@@ -164,7 +180,7 @@ def test_same_seed_gives_same_decisions_and_metrics(routed_run, tiny_dir, tmp_pa
         # The engine's name holds the fake server's port, which differs between the two runs.
         drop = lambda rs: [{k: v for k, v in r.items() if k not in ("engine", "seconds")} for r in rs]
         assert drop(rows(again, sql)) == drop(rows(run_dir, sql))
-    strip = lambda m: {k: v for k, v in m.items() if k not in ("wall_seconds", "train", "llm")}
+    strip = lambda m: {k: v for k, v in m.items() if k not in ("wall_seconds", "node_seconds", "train", "llm")}
     m1, m2 = (json.loads((d / "metrics.json").read_text()) for d in (run_dir, again))
     assert strip(m1) == strip(m2)
     timed = ("engine", "rounds", "concurrency_speedup", "serial_server")  # times, and what depends on them

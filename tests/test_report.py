@@ -134,7 +134,7 @@ def test_report_numbers_match_the_run_store(report, runs):
     run_dir = runs[0]
     acc = {r["epoch"]: r["a"] for r in rows(run_dir, "SELECT epoch, AVG(correct) AS a FROM evals GROUP BY epoch")}
     training = html.split('id="training"', 1)[1].split("</section>", 1)[0]
-    cells = re.findall(r"<tr[^>]*>(.*?)</tr>", training.split("<tbody>", 1)[1])
+    cells = re.findall(r"<tr[^>]*>(.*?)</tr>", training.split("<tbody>", 1)[1].split("</tbody>", 1)[0])  # the epoch table
     by_epoch = {int(re.findall(r"<td[^>]*>(.*?)</td>", c)[0]): re.findall(r"<td[^>]*>(.*?)</td>", c) for c in cells}
     assert set(by_epoch) == set(acc)
     for e in rows(run_dir, "SELECT * FROM epochs WHERE epoch > 0"):

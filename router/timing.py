@@ -1,0 +1,90 @@
+"""Wall time per graph node and per checkpoint write, per epoch, in run.sqlite's `timings` table (so the time of
+routing, rewriting and evaluating reaches the run store and the report, not only training's).
+
+    clock = NodeClock(store)
+    g.add_node("rewrite", clock.timed("rewrite", partial(nodes.rewrite, ctx=ctx)))
+    with clock.measure("checkpoint"): save(...)     # inside a node: counted as checkpoint, not as the node
+
+A node's time is recorded under the epoch it produced (train_epoch: the epoch it trained), else the epoch of its
+input. Times are summed: a round's decide branches add up, and a resumed run adds what it redid. Decide branches
+run on several threads, so times are gathered in memory and written by the sequential nodes.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import defaultdict
+from contextlib import contextmanager
+from typing import Any, Callable
+
+# What runs in a branch of a fan-out (on several threads at once): its time is written by the next sequential node.
+BRANCHES = ("decide",)
+
+
+class NodeClock:
+    def __init__(self, store):
+        self.store = store
+        self.epoch = 0
+        self._lock = threading.Lock()
+        self._pending: dict[tuple[int, str], float] = defaultdict(float)
+        self._local = threading.local()
+
+    def add(self, node: str, seconds: float, epoch: int | None = None) -> None:
+        with self._lock:
+            self._pending[(self.epoch if epoch is None else epoch, node)] += seconds
+
+    def flush(self) -> None:
+        with self._lock:
+            rows, self._pending = dict(self._pending), defaultdict(float)
+        if rows:
+            self.store.add_timings(rows)
+
+    @contextmanager
+    def measure(self, node: str):
+        """Time a step inside a node under its own name (the node's time leaves it out)."""
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            spent = time.perf_counter() - start
+            self.add(node, spent)
+            self._local.inner = getattr(self._local, "inner", 0.0) + spent
+
+    def timed(self, name: str, fn: Callable[[Any], Any]) -> Callable[[Any], Any]:
+        def run(state):
+            if isinstance(state, dict) and isinstance(state.get("epoch"), int):
+                self.epoch = state["epoch"]
+            self._local.inner = 0.0
+            start = time.perf_counter()
+            result = fn(state)
+            spent = time.perf_counter() - start - self._local.inner
+            epoch = result.get("epoch") if isinstance(result, dict) and isinstance(result.get("epoch"), int) else None
+            self.add(name, spent, epoch)
+            if name not in BRANCHES:
+                self.flush()
+            return result
+
+        return run
+
+
+def timed_saver(saver, clock: NodeClock):
+    """The checkpointer with its writes timed as `checkpoint` (they happen between nodes, in LangGraph's loop)."""
+    put, put_writes = saver.put, saver.put_writes
+
+    def timed_put(*args, **kwargs):
+        start = time.perf_counter()
+        try:
+            return put(*args, **kwargs)
+        finally:
+            clock.add("checkpoint", time.perf_counter() - start)
+
+    def timed_put_writes(*args, **kwargs):
+        start = time.perf_counter()
+        try:
+            return put_writes(*args, **kwargs)
+        finally:
+            clock.add("checkpoint", time.perf_counter() - start)
+
+    saver.put, saver.put_writes = timed_put, timed_put_writes
+    return saver
