@@ -70,21 +70,16 @@ class NodeClock:
 
 def timed_saver(saver, clock: NodeClock):
     """The checkpointer with its writes timed as `checkpoint` (they happen between nodes, in LangGraph's loop)."""
-    put, put_writes = saver.put, saver.put_writes
 
-    def timed_put(*args, **kwargs):
-        start = time.perf_counter()
-        try:
-            return put(*args, **kwargs)
-        finally:
-            clock.add("checkpoint", time.perf_counter() - start)
+    def timed(write):
+        def run(*args, **kwargs):
+            start = time.perf_counter()
+            try:
+                return write(*args, **kwargs)
+            finally:
+                clock.add("checkpoint", time.perf_counter() - start)
 
-    def timed_put_writes(*args, **kwargs):
-        start = time.perf_counter()
-        try:
-            return put_writes(*args, **kwargs)
-        finally:
-            clock.add("checkpoint", time.perf_counter() - start)
+        return run
 
-    saver.put, saver.put_writes = timed_put, timed_put_writes
+    saver.put, saver.put_writes = timed(saver.put), timed(saver.put_writes)
     return saver
