@@ -63,6 +63,7 @@ footer { color:var(--muted); font-size:12px; margin-top:40px; }
 
 
 MAX_CARDS = 500  # rewrite cards on one page; the counts above always cover every rewrite
+MAX_DECISIONS = 2000  # decision rows on one page; the tables and plots above count every decision
 
 
 def _fmt(v: Any, digits: int = 4) -> str:
@@ -194,7 +195,9 @@ def _routing(run: D.Run) -> str:
     rows = [[escape(r["path"]), str(r["decisions"]), str(r["symbolic"]), str(r["numerical"])] for r in D.route_totals(run)]
     table = _table(["path", "decisions", "symbolic", "numerical"], rows, numeric={1, 2, 3})
     dec_rows = []
-    for d in run.decisions:
+    # Symbolic decisions first (the ones that did something), then the rest, up to MAX_DECISIONS rows.
+    shown = sorted(run.decisions, key=lambda d: (d["route"] != "symbolic", d["epoch"], d["sample_id"]))[:MAX_DECISIONS]
+    for d in shown:
         dec_rows.append([str(d["epoch"]), escape(d["sample_id"]), escape(d["path"]),
                          f'<span class="{"symbolic" if d["route"] == "symbolic" else ""}">{escape(d["route"])}</span>',
                          f'{d["confidence"]:.2f}', escape(d["reason"])])
@@ -202,7 +205,14 @@ def _routing(run: D.Run) -> str:
     return (f'<section id="routing"><h2>Routing decisions</h2><p class="note">How many candidates each decision '
             f'path sent to a rewrite (symbolic) or kept on LoRA steps (numerical), per routing epoch.</p>'
             f'<div class="card">{svg}</div>{table}{_quality(run)}'
-            f'<details><summary>All {len(run.decisions)} decisions with their reasons</summary>{details}</details></section>')
+            f'<details><summary>{_decisions_label(len(shown), len(run.decisions))}</summary>{details}</details></section>')
+
+
+def _decisions_label(shown: int, total: int) -> str:
+    if shown == total:
+        return f"All {total} decisions with their reasons"
+    return (f"{shown} of {total} decisions with their reasons (symbolic first); every decision is in run.sqlite: "
+            "sqlite3 RUN/run.sqlite 'SELECT * FROM decisions'")
 
 
 def _quality(run: D.Run) -> str:

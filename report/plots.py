@@ -92,6 +92,9 @@ def training_curves(run: D.Run) -> str | None:
     return to_svg(fig)
 
 
+MAX_POINTS = 300  # dots per epoch in a strip plot
+
+
 def _strip(ax, groups: dict[int, list[float]], wrong: dict[int, list[float]] | None = None):
     import random
 
@@ -103,9 +106,13 @@ def _strip(ax, groups: dict[int, list[float]], wrong: dict[int, list[float]] | N
                    boxprops={"facecolor": "#eef2f7", "edgecolor": "#8a96a3"}, medianprops={"color": "#333"},
                    whiskerprops={"color": "#8a96a3"}, capprops={"color": "#8a96a3"})
     for e in es:
-        for v, is_wrong in groups_with_flags(groups[e], (wrong or {}).get(e)):
-            ax.plot(e + rng.uniform(-0.18, 0.18), v, "o", ms=3.2, alpha=0.7,
-                    color=PALETTE["wrong"] if is_wrong else PALETTE["right"], zorder=3)
+        points = groups_with_flags(groups[e], (wrong or {}).get(e))
+        if len(points) > MAX_POINTS:  # the box covers every sample; the dots, a fixed sample of them
+            points = rng.sample(points, MAX_POINTS)
+        for flag, colour in ((False, PALETTE["right"]), (True, PALETTE["wrong"])):
+            ys = [v for v, is_wrong in points if is_wrong == flag]
+            if ys:  # one artist per epoch and colour, not one per sample
+                ax.scatter([e + rng.uniform(-0.18, 0.18) for _ in ys], ys, s=10, alpha=0.7, color=colour, zorder=3)
     ax.set_xticks(es)
     ax.set_xlabel("epoch")
 

@@ -164,6 +164,27 @@ def test_sample_trajectory_section(report, runs):
     assert 'class="badge accepted"' in section
 
 
+def test_large_runs_cap_decision_rows_and_strip_points(runs, monkeypatch):
+    import matplotlib
+
+    from report import html, plots
+
+    run = D.load_run(runs[0])
+    total = len(run.decisions)
+    monkeypatch.setattr(html, "MAX_DECISIONS", 2)
+    page = html.render_run(run)
+    assert f"2 of {total} decisions with their reasons (symbolic first)" in page
+    routing = page.split('id="routing"', 1)[1].split("</section>", 1)[0].split("<details>", 1)[1]
+    assert len(re.findall(r"<tr[^>]*><td", routing)) == 2
+    # A strip plot draws one dot artist per epoch and colour, at most MAX_POINTS dots per epoch.
+    monkeypatch.setattr(plots, "MAX_POINTS", 3)
+    fig, ax = matplotlib.pyplot.subplots()
+    plots._strip(ax, {1: [0.1 * i for i in range(10)], 2: [0.5] * 10}, {1: [i % 2 == 0 for i in range(10)], 2: [False] * 10})
+    dots = [c for c in ax.collections if type(c).__name__ == "PathCollection"]
+    assert len(dots) <= 4 and sum(len(c.get_offsets()) for c in dots) == 6
+    matplotlib.pyplot.close(fig)
+
+
 def test_terminal_summary_numbers(runs, capsys):
     from rich.console import Console
 
