@@ -10,16 +10,11 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
-from rewriter.engine import failure_kind
+from rewriter.engine import failure_kind, one_line
 from rewriter.strategies.base import Meter, RewriteResult, Strategy, failure_reason
 
 # An answer needs only a few words; a long reply is the engine explaining itself and costs tokens for nothing.
 ANSWER_TOKENS = 64
-
-
-def _short(text: str, limit: int = 80) -> str:
-    text = " ".join(str(text).split())
-    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 class AnswerChecked(Strategy):
@@ -41,19 +36,18 @@ class AnswerChecked(Strategy):
         try:
             reply = ctx.engine.generate(res.new_question, system=system, max_tokens=ANSWER_TOKENS)
         except Exception as e:  # the check did not happen: keep the sample numerical rather than trust it unchecked
-            out = self._total(meter, res, "error", f"answer check failed: {failure_reason(e)}", keep=False)
-            out.failure = failure_kind(e)
-            return out
-        res.scores = {**res.scores, "answer_check": _short(reply)}
+            return self._total(meter, res, "error", f"answer check failed: {failure_reason(e)}", keep=False,
+                               failure=failure_kind(e))
+        res.scores = {**res.scores, "answer_check": one_line(reply, 80)}
         if not self.score(reply, sample):
-            why = f"answer check: the engine answered {_short(reply)!r} to the rewrite; gold {_short(sample.answer, 40)!r}"
+            why = f"answer check: the engine answered {one_line(reply, 80)!r} to the rewrite; gold {one_line(sample.answer, 40)!r}"
             return self._total(meter, res, "rejected", why, keep=False)
         return self._total(meter, res, "accepted", f"{res.reason}; answer check passed", keep=True)
 
     @staticmethod
-    def _total(meter: Meter, res: RewriteResult, verdict: str, reason: str, keep: bool) -> RewriteResult:
+    def _total(meter: Meter, res: RewriteResult, verdict: str, reason: str, keep: bool, **kw) -> RewriteResult:
         return meter.result(res.new_question if keep else None, res.new_system if keep else None, verdict, reason,
-                            candidate=res.candidate if keep else res.new_question, scores=res.scores)
+                            candidate=res.candidate if keep else res.new_question, scores=res.scores, **kw)
 
     def update_system(self, examples, ctx) -> RewriteResult:
         return self.inner.update_system(examples, ctx)

@@ -121,7 +121,6 @@ class CachedEngine:
         self.engine = engine
         self.cache = path if isinstance(path, ReplyCache) else ReplyCache(path)
         self.retry_failures = retry_failures
-        self.known_failures = 0  # requests not sent because they failed before in a way that would repeat
         self.name = getattr(engine, "name", type(engine).__name__)
         self._lock = threading.Lock()
         self._local = threading.local()
@@ -197,9 +196,7 @@ class CachedEngine:
             waiting.wait()  # the same request is in flight in another thread: take its reply (or try ourselves)
         try:
             known = None if self.retry_failures else self.cache.failure(key)
-            if known is not None:
-                with self._lock:
-                    self.known_failures += 1
+            if known is not None:  # counted where it lands: rewrites.failure = known-failure
                 raise EngineError(f"not sent again: it failed before ({known[1]}); rewriter.retry_failures=true "
                                   "sends it again", kind="known-failure")
             self.count_miss()
@@ -219,5 +216,4 @@ class CachedEngine:
             mine.set()
 
     def stats(self) -> dict:
-        return {"cache_hits": self.hits, "cache_misses": self.misses, "cache_entries": len(self.cache),
-                "known_failures": self.known_failures}
+        return {"cache_hits": self.hits, "cache_misses": self.misses, "cache_entries": len(self.cache)}

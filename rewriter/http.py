@@ -122,15 +122,11 @@ def _retry_after(e) -> float | None:
     return max(0.0, when.timestamp() - time.time())
 
 
-def _host(url: str) -> str:
-    parts = urlsplit(url)
-    return f"{parts.hostname or ''}{':' + str(parts.port) if parts.port else ''}"
-
-
 def engine_label(model: str, base_url: str) -> str:
-    """A short name for logs and reasons: the model's base name (a server's model may be a long file path) and host."""
+    """A short name for logs and reasons: the model's base name (a server's model may be a long file path) and the
+    host of `base_url` (already without credentials: `_safe_url`)."""
     base = os.path.basename(str(model).rstrip("/")) or str(model)
-    return f"openai:{base}@{_host(base_url)}"
+    return f"openai:{base}@{urlsplit(base_url).netloc}"
 
 
 # What each attempt outcome is as a failure kind (rewriter.engine.FAILURE_KINDS).

@@ -159,19 +159,21 @@ class Rewriter:
 
         concurrency = self.concurrency
         if self.measured is None and concurrency > 1 and len(pairs) >= 2 + CALIBRATION:
-            results = self._calibrate(pairs, rewrite_many, progress)
+            results = self._calibrate(pairs, progress)
         else:
             results = rewrite_many(pairs, self.strategy, concurrency=concurrency, budget=self.budget, progress=progress)
         busy = sum(r.seconds or 0.0 for r in results)
         self.last_round = {"seconds": round(time.perf_counter() - start, 3), "busy": round(busy, 3), "concurrency": concurrency}
         return results
 
-    def _calibrate(self, pairs, rewrite_many, progress) -> list[RewriteResult]:
+    def _calibrate(self, pairs, progress) -> list[RewriteResult]:
         """The first concurrent round: CALIBRATION rewrites one at a time give the time of a rewrite alone, then the
         rest run side by side. Their speed-up is (rewrites x time alone) / wall time: about the concurrency on a
         server that answers requests in parallel, about 1 on one that queues them (llama.cpp's and Ollama's
         defaults). Such a server gains nothing from concurrency and its queued requests run into their timeouts,
         so later rounds run one at a time. Rewrites answered from the cache tell nothing and are left out."""
+        from rewriter.pool import rewrite_many
+
         head = rewrite_many(pairs[:CALIBRATION], self.strategy, concurrency=1, budget=self.budget, progress=progress)
         start = time.perf_counter()
         rest = rewrite_many(pairs[CALIBRATION:], self.strategy, concurrency=self.concurrency, budget=self.budget, progress=progress)

@@ -252,7 +252,6 @@ def sample_round(state, ctx: RunContext, jobs: list[RoundJob]):
     """Rewrite each symbolic sample; an accepted rewrite becomes the sample's next prompt version."""
     epoch = state["epoch"]
     prompts = dict(state["prompts"])
-    losses = ctx.store.losses_at(epoch)
     bar = ctx.progress(len(jobs), f"rewrite epoch {epoch}")
     results = ctx.rewriter.rewrite_round(jobs, ctx.store.path.parent / "batches" / f"epoch-{epoch}", bar)
     _close(bar)
@@ -263,7 +262,7 @@ def sample_round(state, ctx: RunContext, jobs: list[RoundJob]):
             p = prompts[i]
             # Keep the previous version and the loss it had, so a rewrite that does not help can be reverted.
             prompts[i] = {"system": res.new_system or p["system"], "question": res.new_question or p["question"],
-                          "version": p["version"] + 1, "since": epoch, "loss_at": losses.get(i), "prev": p}
+                          "version": p["version"] + 1, "since": epoch, "loss_at": job.loss, "prev": p}
         rows.append(rewrite_row(ctx, epoch, i, prompts[i]["version"], job, ctx.rewriter.cfg.strategy, res, ctx.rewriter.cost(res)))
     return rows, {"prompts": prompts}
 
