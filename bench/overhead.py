@@ -82,7 +82,7 @@ def routed_epoch(base, tok, task, train, heldout, cfg) -> float:
         nodes.export = lambda state, ctx: {}  # the timed span is the epoch; writing the run's outputs is not in it
         graph = build_graph(ctx)
         # Start after the epoch-0 evaluation: the timed span is train_epoch → monitor → decide* → rewrite.
-        state = {"epoch": 0, "prompts": {s.id: {"system": s.system, "question": s.question, "version": 0} for s in train},
+        state = {"epoch": 0, "prompt_epochs": {},
                  "shared_system": None, "decisions": None, "accuracy": {}}
         ctx.trainer.generate = lambda prompts, *a, **k: [""] * len(prompts)  # no held-out generation in either arm
         started = time.perf_counter()

@@ -1,4 +1,4 @@
-"""The routing round's fan-out alone: K candidates decided through LangGraph Sends with the SQLite checkpointer,
+"""The routing round's fan-out alone: K candidates decided through LangGraph Sends of their ids with the SQLite checkpointer,
 one Send per candidate (the first design) against one per chunk of router.graph.CHUNK (today's), both through the
 real `nodes.decide`, the real state reducer and a calibrated loss-ratio policy; no model, no trainer.
 
@@ -30,7 +30,6 @@ from router.state import round_decisions  # noqa: E402
 
 
 class State(TypedDict, total=False):
-    views: list
     decisions: Annotated[list, round_decisions]
     done: Annotated[int, operator.add]
 
@@ -48,11 +47,9 @@ def _graph(ctx, per_chunk: int, saver):
     from langgraph.types import Send
 
     from router import nodes
-    from router.nodes import view_payload
-
     def fan_out(state):
-        views = [view_payload(v) for v in state["views"]]
-        return [Send("decide", {"views": views[i:i + per_chunk]}) for i in range(0, len(views), per_chunk)]
+        ids = list(ctx.round_views)
+        return [Send("decide", {"ids": ids[i:i + per_chunk]}) for i in range(0, len(ids), per_chunk)]
 
     g = StateGraph(State)
     g.add_node("start", lambda state: {})
@@ -72,12 +69,13 @@ def one_round(k: int, per_chunk: int) -> float:
 
     views = _views(k)
     policy = build("loss-ratio", {}, p=0.1, seed=0).calibrate(views)
-    ctx = SimpleNamespace(policy=policy, cfg=SimpleNamespace(policy=SimpleNamespace(name="loss-ratio")))
+    ctx = SimpleNamespace(policy=policy, cfg=SimpleNamespace(policy=SimpleNamespace(name="loss-ratio")),
+                          round_views={v.id: v for v in views})
     with tempfile.TemporaryDirectory() as tmp:
         saver = SqliteSaver(sqlite3.connect(Path(tmp) / "graph.sqlite", check_same_thread=False))
         graph = _graph(ctx, per_chunk, saver)
         started = time.perf_counter()
-        out = graph.invoke({"views": views, "decisions": None}, {"configurable": {"thread_id": "bench"}, "recursion_limit": 10**6})
+        out = graph.invoke({"decisions": None}, {"configurable": {"thread_id": "bench"}, "recursion_limit": 10**6})
         seconds = time.perf_counter() - started
     assert out["done"] == k and len({d["sample_id"] for d in out["decisions"]}) == k
     return seconds

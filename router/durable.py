@@ -1,7 +1,7 @@
 """What makes a run survive a crash: trainer checkpoints at node boundaries, and a clean stop on SIGINT / SIGTERM.
 
-The graph's own state (epoch, prompts, decisions) is checkpointed by LangGraph's SQLite checkpointer after every
-step; this module keeps the tensors that live outside the graph — LoRA weights, optimizer state, RNG state — in
+The graph's own state (epoch, which prompt version each rewritten sample is on, decisions) is checkpointed by
+LangGraph's SQLite checkpointer after every step, the newest two kept; this module keeps the tensors that live outside the graph — LoRA weights, optimizer state, RNG state — in
 `checkpoints/trainer-<epoch>.pt`, written to a temporary file and renamed, so a kill never leaves half a file.
 """
 
@@ -58,6 +58,26 @@ def load_trainer(trainer, run_dir: Path, epoch: int) -> None:
     trainer.skipped_steps = state["skipped_steps"]
     trainer.micro_batch = state.get("micro_batch")
     trainer.oom_halvings = state.get("oom_halvings", 0)
+
+
+def pruned(saver, keep: int = 2):
+    """The SQLite checkpointer, keeping only the newest `keep` checkpoints of the run (and their pending writes):
+    resume starts from the newest, so older ones only grew the file, by a checkpoint per graph step."""
+    put = saver.put
+
+    def put_and_prune(config, checkpoint, metadata, new_versions):
+        out = put(config, checkpoint, metadata, new_versions)
+        thread, ns = out["configurable"]["thread_id"], out["configurable"].get("checkpoint_ns", "")
+        newest = ("SELECT checkpoint_id FROM checkpoints WHERE thread_id=? AND checkpoint_ns=? "
+                  "ORDER BY checkpoint_id DESC LIMIT ?")
+        with saver.cursor() as cur:
+            for table in ("writes", "checkpoints"):
+                cur.execute(f"DELETE FROM {table} WHERE thread_id=? AND checkpoint_ns=? AND checkpoint_id NOT IN ({newest})",
+                            (thread, ns, thread, ns, keep))
+        return out
+
+    saver.put = put_and_prune
+    return saver
 
 
 def hold_folder(path: Path):

@@ -34,9 +34,12 @@ def augmented_rows(ctx, state) -> list[dict[str, Any]]:
             {"epoch": r["epoch"], "engine": r["engine"], "strategy": r["strategy"], "version": r["version"]})
     shared = state.get("shared_system")
     as_row = getattr(ctx.task, "as_row", None)  # your data's own format (task.name=sft), beside ours
+    from router.nodes import current_prompts
+
+    prompts = current_prompts(state, ctx)
     rows = []
     for s in ctx.train:
-        p = state["prompts"][s.id]
+        p = prompts[s.id]
         system = shared or p["system"]
         rows.append({"id": s.id, "system": system, "question": p["question"], "answer": s.answer,
                      "target": s.target, "version": p["version"], "original_system": s.system,

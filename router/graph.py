@@ -15,7 +15,7 @@ from langgraph.graph import END, START, StateGraph
 from langgraph.types import Send
 
 from router import nodes
-from router.nodes import RunContext, view_payload
+from router.nodes import RunContext
 from router.state import RunState
 
 # Candidates per decide branch. One Send per candidate made a routing round quadratic in the candidates (LangGraph
@@ -28,8 +28,9 @@ def build_graph(ctx: RunContext, checkpointer=None):
     def after_monitor(state: RunState):
         if not state.get("saturated") or not state.get("candidates"):
             return "evaluate"
-        views = [view_payload(v) for v in nodes.views(state, ctx, state["candidates"])]
-        return [Send("decide", {"views": views[i:i + CHUNK]}) for i in range(0, len(views), CHUNK)]
+        # Ids only: the views stay in memory (ctx.round_views), so the checkpoint of the fan-out stays small.
+        ids = list(ctx.round_views)
+        return [Send("decide", {"ids": ids[i:i + CHUNK]}) for i in range(0, len(ids), CHUNK)]
 
     def after_evaluate(state: RunState) -> Literal["train_epoch", "export"]:
         return "train_epoch" if state.get("epoch", 0) < ctx.cfg.train.epochs else "export"

@@ -4,7 +4,6 @@ Every row goes to run.sqlite through Store methods."""
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import time
 from dataclasses import dataclass, field
@@ -36,6 +35,7 @@ class RunContext:
     run_dir: Any = None  # the run folder (main process); export writes there
     started: float = 0.0  # perf_counter() when the run started, for metrics.json's wall time
     clock: Any = None  # router.timing.NodeClock: wall time per node into run.sqlite (None: untimed)
+    round_views: dict[str, SampleView] = field(default_factory=dict)  # this routing round's candidates (calibrate_round)
     by_id: dict[str, Sample] = field(init=False, repr=False)
 
     def __post_init__(self):
@@ -64,6 +64,27 @@ def _close(bar) -> None:
 
 def system_for(state, prompt: dict[str, Any]) -> str:
     return state.get("shared_system") or prompt["system"]
+
+
+def current_prompts(state, ctx: RunContext, sample_ids: list[str] | None = None) -> dict[str, dict[str, Any]]:
+    """Each sample's prompt now ({"system", "question", "version", "since", "loss_at", "prev_since"}): its original
+    (version 0) unless the state points to a rewrite in run.sqlite's prompts table. All training samples by default."""
+    from core.errors import UserError
+
+    epochs = state.get("prompt_epochs") or {}
+    ids = [s.id for s in ctx.train] if sample_ids is None else sample_ids
+    rows = ctx.store.prompt_rows({i: epochs[i] for i in ids if i in epochs})
+    out = {}
+    for i in ids:
+        if i in epochs:
+            if i not in rows:
+                raise UserError(f"{ctx.store.path} has no prompt of sample {i} written at epoch {epochs[i]}, which the "
+                                "checkpoint points to; the run folder is damaged: start the run again")
+            out[i] = rows[i]
+        else:
+            s = ctx.by_id[i]
+            out[i] = {"system": s.system, "question": s.question, "version": 0, "since": None, "loss_at": None, "prev_since": None}
+    return out
 
 
 def evaluate(state, ctx: RunContext):
@@ -104,7 +125,7 @@ def train_epoch(state, ctx: RunContext):
     cfg = ctx.cfg
     epoch = state.get("epoch", 0) + 1
     started = time.perf_counter()
-    prompts = state["prompts"]
+    prompts = current_prompts(state, ctx)
     items = [Item(s.id, system_for(state, prompts[s.id]), prompts[s.id]["question"], s.target) for s in ctx.train]
     bar = ctx.progress(len(items), f"train epoch {epoch}")
     signals = ctx.trainer.train_epoch(items, cfg.train.batch_size, seed=cfg.train.seed * 1000 + epoch, progress=bar)
@@ -124,28 +145,31 @@ def train_epoch(state, ctx: RunContext):
                          "oom_halvings": ctx.trainer.oom_halvings, "micro_batch": ctx.trainer.micro_batch})
     if ctx.checkpoint is not None:
         ctx.checkpoint(epoch)
-    update = {"epoch": epoch, "decisions": None, "candidates": [], "saturated": False, "reverted": []}
-    reverted, reverts = revert_unhelpful(prompts, {r["sample_id"]: r["loss"] for r in rows}, epoch, cfg.rewriter.revert_after)
+    update = {"epoch": epoch, "decisions": None, "candidates": 0, "saturated": False}
+    back, reverts = revert_unhelpful(prompts, {r["sample_id"]: r["loss"] for r in rows}, epoch, cfg.rewriter.revert_after)
     if reverts:
+        # Recorded as decisions: Store.candidates leaves a sample sent back this epoch out of this epoch's round.
         ctx.store.add_decisions(reverts)
-        update.update({"prompts": reverted, "reverted": [d["sample_id"] for d in reverts]})
+        epochs = {**state.get("prompt_epochs", {}), **back}
+        update["prompt_epochs"] = {i: e for i, e in epochs.items() if e is not None}
     return update
 
 
 def revert_unhelpful(prompts, losses, epoch: int, after: int):
-    """Rewrites whose loss has not fallen below the loss at the rewrite after `after` epochs go back."""
-    out, decisions = dict(prompts), []
+    """Rewrites whose loss has not fallen below the loss at the rewrite after `after` epochs go back to the version
+    before: (sample id -> the epoch that version was written, None for the original; the revert decisions)."""
+    back, decisions = {}, []
     for i, p in prompts.items():
         if not after or p["version"] == 0 or p.get("loss_at") is None or epoch - p["since"] < after:
             continue
         if losses[i] < p["loss_at"]:
             continue
-        out[i] = p["prev"]
+        back[i] = p["prev_since"]
         decisions.append({"epoch": epoch, "sample_id": i, "policy": "revert", "route": "numerical", "confidence": 1.0,
                           "reason": f"loss {losses[i]:.4f} is not below {p['loss_at']:.4f}, its loss when rewritten at "
-                                    f"epoch {p['since']}; back to prompt version {p['prev']['version']}",
+                                    f"epoch {p['since']}; back to prompt version {p['version'] - 1}",
                           "path": "revert"})
-    return out, decisions
+    return back, decisions
 
 
 def monitor(state, ctx: RunContext):
@@ -166,20 +190,28 @@ def monitor(state, ctx: RunContext):
         saturated, median = is_saturated(c1_by_epoch, misclassified, sat.k, sat.window)
     ctx.store.set_saturation(epoch, saturated, median)
     if not saturated:
-        return {"saturated": False, "candidates": []}
-    candidates = sorted(misclassified - set(state.get("reverted", [])))
-    ctx.policy.calibrate(views(state, ctx, candidates))
-    return {"saturated": True, "candidates": candidates}
+        return {"saturated": False, "candidates": 0}
+    return {"saturated": True, "candidates": len(calibrate_round(state, ctx))}
+
+
+def calibrate_round(state, ctx: RunContext) -> list[SampleView]:
+    """Fit the policy on this epoch's candidates and keep their views for the decide branches, which get ids only.
+    Both live in memory, so a run resumed inside a routing round calls this again (from the same rows)."""
+    candidates = views(state, ctx, ctx.store.candidates(state["epoch"]))
+    ctx.policy.calibrate(candidates)
+    ctx.round_views = {v.id: v for v in candidates}
+    return candidates
 
 
 def views(state, ctx: RunContext, sample_ids: list[str]) -> list[SampleView]:
-    """What the policy sees of each sample in this epoch's routing round (two queries for all of them)."""
+    """What the policy sees of each sample in this epoch's routing round (a few queries for all of them)."""
     epoch = state["epoch"]
     rows = ctx.store.signals_at(epoch)
     history = ctx.store.loss_histories(sample_ids)
+    prompts = current_prompts(state, ctx, sample_ids)
     out = []
     for i in sample_ids:
-        row, p = rows[i], state["prompts"][i]
+        row, p = rows[i], prompts[i]
         # The planted fault of the controlled benchmark goes to the oracle alone: it is the answer key. A sample
         # on a rewritten prompt no longer shows its planted fault.
         extra = {"fault": ctx.by_id[i].meta.get("fault") if p["version"] == 0 else None} if ctx.policy.needs_ground_truth else {}
@@ -189,31 +221,27 @@ def views(state, ctx: RunContext, sample_ids: list[str]) -> list[SampleView]:
     return out
 
 
-def view_payload(v: SampleView) -> dict[str, Any]:
-    """A view as plain data, which a Send branch and a checkpoint can carry."""
-    return dataclasses.asdict(v)
-
-
 def decide(payload, ctx: RunContext):
-    """The routes of one chunk of candidates (a Send branch): each sample's decision, with its reason."""
+    """The routes of one chunk of candidates (a Send branch carrying their ids): each sample's decision, with its
+    reason."""
     out = []
-    for view in payload["views"]:
-        v = SampleView(**{**view, "losses": tuple(view["losses"])})
+    for i in payload["ids"]:
+        v = ctx.round_views[i]
         d: Decision = ctx.policy.decide(v)
         out.append({"epoch": v.epoch, "sample_id": v.id, "policy": ctx.cfg.policy.name, **d.to_dict()})
     return {"decisions": out}
 
 
 def rewrite(state, ctx: RunContext):
-    """Record the round's decisions; the symbolic samples are rewritten (or the shared P updated) on the main
-    process, and every process takes its result."""
+    """Record the round's decisions (once, and then out of the state); the symbolic samples are rewritten (or the
+    shared P updated) on the main process, and every process takes its result."""
     epoch = state["epoch"]
     decisions = sorted(state.get("decisions", []), key=lambda d: d["sample_id"])
     ctx.store.add_decisions(decisions)
     symbolic = [d["sample_id"] for d in decisions if d["route"] == "symbolic"]
     if not symbolic or not ctx.policy.routes_symbolic:
-        return {}
-    prompts = state["prompts"]
+        return {"decisions": None}
+    prompts = current_prompts(state, ctx, symbolic)
     current = [(system_for(state, prompts[i]), prompts[i]["question"]) for i in symbolic]
     # Every process joins the generation; only the main process calls the rewriter, then shares the result.
     if ctx.rewriter.calls_model:
@@ -226,15 +254,17 @@ def rewrite(state, ctx: RunContext):
     jobs = [RoundJob(ctx.by_id[i], system, question, answer, bool(ctx.score(answer, ctx.by_id[i])) if ctx.rewriter.calls_model else None,
                      losses.get(i)) for i, (system, question), answer in zip(symbolic, current, answers)]
     if ctx.trainer.is_main:
-        rows, update = shared_round(state, ctx, jobs) if ctx.policy.optimizes_shared_system else sample_round(state, ctx, jobs)
+        rows, update, versions = shared_round(state, ctx, jobs) if ctx.policy.optimizes_shared_system else sample_round(state, ctx, jobs, prompts)
         timing = dict(ctx.rewriter.last_round) if not ctx.policy.optimizes_shared_system else {}
     else:
-        rows, update, timing = [], {}, {}
-    rows, update, timing = ctx.broadcast((rows, update, timing))
+        rows, update, versions, timing = [], {}, [], {}
+    rows, update, versions, timing = ctx.broadcast((rows, update, versions, timing))
+    # The new prompt texts reach run.sqlite before the state that points to them is checkpointed.
+    ctx.store.add_prompts(versions)
     ctx.store.add_rewrites(rows)
     ctx.store.set_round(epoch, len(symbolic), sum(r["verdict"] == "accepted" for r in rows), timing.get("seconds"),
                         timing.get("busy"), timing.get("concurrency"))
-    return update
+    return {**update, "decisions": None}
 
 
 def shared_round(state, ctx: RunContext, jobs: list[RoundJob]):
@@ -245,26 +275,30 @@ def shared_round(state, ctx: RunContext, jobs: list[RoundJob]):
     res = ctx.rewriter.update_system(system, examples)
     update = {"shared_system": res.new_system} if res.verdict == "accepted" and res.new_system else {}
     answers = "\n".join(j.student_answer for j in jobs[:8])
-    return [rewrite_row(ctx, epoch, "*system*", epoch, RoundJob(None, system, "", answers), ctx.rewriter.system_label, res, None)], update
+    return [rewrite_row(ctx, epoch, "*system*", epoch, RoundJob(None, system, "", answers), ctx.rewriter.system_label, res, None)], update, []
 
 
-def sample_round(state, ctx: RunContext, jobs: list[RoundJob]):
-    """Rewrite each symbolic sample; an accepted rewrite becomes the sample's next prompt version."""
+def sample_round(state, ctx: RunContext, jobs: list[RoundJob], prompts: dict[str, dict[str, Any]]):
+    """Rewrite each symbolic sample; an accepted rewrite becomes the sample's next prompt version: (rewrites rows,
+    the state update, the new prompts rows)."""
     epoch = state["epoch"]
-    prompts = dict(state["prompts"])
+    epochs, versions = dict(state.get("prompt_epochs", {})), []
     bar = ctx.progress(len(jobs), f"rewrite epoch {epoch}")
     results = ctx.rewriter.rewrite_round(jobs, ctx.store.path.parent / "batches" / f"epoch-{epoch}", bar)
     _close(bar)
     rows = []
     for job, res in zip(jobs, results):
         i = job.sample.id
+        p = prompts[i]
+        version = p["version"]
         if res.verdict == "accepted":
-            p = prompts[i]
-            # Keep the previous version and the loss it had, so a rewrite that does not help can be reverted.
-            prompts[i] = {"system": res.new_system or p["system"], "question": res.new_question or p["question"],
-                          "version": p["version"] + 1, "since": epoch, "loss_at": job.loss, "prev": p}
-        rows.append(rewrite_row(ctx, epoch, i, prompts[i]["version"], job, ctx.rewriter.cfg.strategy, res, ctx.rewriter.cost(res)))
-    return rows, {"prompts": prompts}
+            # The loss it had and the version before it, so a rewrite that does not help can be reverted.
+            version += 1
+            versions.append({"sample_id": i, "since": epoch, "version": version, "system": res.new_system or p["system"],
+                             "question": res.new_question or p["question"], "loss_at": job.loss, "prev_since": p["since"]})
+            epochs[i] = epoch
+        rows.append(rewrite_row(ctx, epoch, i, version, job, ctx.rewriter.cfg.strategy, res, ctx.rewriter.cost(res)))
+    return rows, {"prompt_epochs": epochs}, versions
 
 
 def rewrite_row(ctx: RunContext, epoch, sample_id, version, job: RoundJob, strategy, res, cost) -> dict[str, Any]:

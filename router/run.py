@@ -218,10 +218,12 @@ def _execute(ctx, path: Path, dist, durable: bool) -> None:
     ctx.clock = NodeClock(ctx.store)
     saver = timed_saver(_checkpointer(ctx, path), ctx.clock) if durable else None
     graph = build_graph(ctx, checkpointer=saver)
+    # durability="sync": each step's checkpoint is on disk before the next step starts (LangGraph's default writes it
+    # while the next step runs, so a kill inside a routing round could lose the step that started the round).
     config = {"recursion_limit": 20 + 8 * ctx.cfg.train.epochs, "max_concurrency": 8, "configurable": {"thread_id": "run"}}
-    initial = {"epoch": 0, "prompts": {s.id: {"system": s.system, "question": s.question, "version": 0} for s in ctx.train},
-               "shared_system": None, "decisions": None, "accuracy": {}}
+    initial = {"epoch": 0, "prompt_epochs": {}, "shared_system": None, "decisions": None, "accuracy": {}}
     snapshot = graph.get_state(config) if saver is not None else None
+    sync = {"durability": "sync"} if saver is not None else {}
     restore = dur.install_signal_handlers()
     try:
         if snapshot is not None and snapshot.values:
@@ -231,12 +233,17 @@ def _execute(ctx, path: Path, dist, durable: bool) -> None:
                 dur.load_trainer(ctx.trainer, path, snapshot.values["epoch"])
                 nodes.export(snapshot.values, ctx)
             else:
+                if "prompts" in snapshot.values:
+                    raise UserError(f"{path} was started by an earlier ns-lora whose checkpoints hold every prompt; "
+                                    "this version cannot resume it: start the run again")
                 dur.load_trainer(ctx.trainer, path, snapshot.values["epoch"])
-                graph.invoke(None, config)
+                if "decide" in snapshot.next:  # killed inside a routing round: the policy's fitted state was in memory
+                    nodes.calibrate_round(snapshot.values, ctx)
+                graph.invoke(None, config, **sync)
         else:
             if durable:
                 dur.save_trainer(ctx.trainer, path, 0)
-            graph.invoke(initial, config)
+            graph.invoke(initial, config, **sync)
     except dur.Interrupted:
         raise dur.Interrupted(f"stopped after its current step; resume with: nslora resume {path}") from None
     finally:
@@ -261,7 +268,7 @@ def _checkpointer(ctx, path: Path):
             dur.save_trainer(ctx.trainer, path, epoch)
 
     ctx.checkpoint = checkpoint
-    return SqliteSaver(sqlite3.connect(path / "checkpoints" / "graph.sqlite", check_same_thread=False))
+    return dur.pruned(SqliteSaver(sqlite3.connect(path / "checkpoints" / "graph.sqlite", check_same_thread=False)))
 
 
 def dry_run(cfg: Config) -> str:

@@ -7,7 +7,8 @@ from typing import Annotated, Any, TypedDict
 
 
 def round_decisions(old: list[dict] | None, new: list[dict] | None) -> list[dict]:
-    """Send branches append their decision; a node that starts a new round resets the list with None."""
+    """Send branches append their decisions; a node that records them (or starts a new round) resets the list with
+    None, so later checkpoints do not carry them."""
     if new is None:
         return []
     return (old or []) + new
@@ -15,10 +16,12 @@ def round_decisions(old: list[dict] | None, new: list[dict] | None) -> list[dict
 
 class RunState(TypedDict, total=False):
     epoch: int  # last finished training epoch (0 = before training)
-    prompts: dict[str, dict[str, Any]]  # sample id -> {"system", "question", "version"[, "since", "loss_at", "prev"]}
+    # Sample id -> the epoch its current prompt was written, for rewritten samples only (the rest train on their
+    # original prompt). The texts live in run.sqlite's prompts table, so a checkpoint grows with what was rewritten,
+    # not with the data set.
+    prompt_epochs: dict[str, int]
     shared_system: str | None  # the optimised shared P (textgrad-only), None when unchanged
     saturated: bool
-    candidates: list[str]
-    reverted: list[str]  # samples sent back to their previous prompt this epoch (not candidates again this epoch)
+    candidates: int  # how many samples this epoch's routing round decides (their ids: Store.candidates(epoch))
     decisions: Annotated[list[dict[str, Any]], round_decisions]
     accuracy: dict[str, float]  # epoch (as str) -> held-out accuracy

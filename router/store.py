@@ -32,6 +32,10 @@ CREATE TABLE IF NOT EXISTS rewrites (
   calls INTEGER NOT NULL, tokens INTEGER NOT NULL, prompt_tokens INTEGER, completion_tokens INTEGER,
   cache_hits INTEGER, cost REAL, scores TEXT, seconds REAL, failure TEXT, PRIMARY KEY (epoch, sample_id)
 );
+CREATE TABLE IF NOT EXISTS prompts (
+  sample_id TEXT NOT NULL, since INTEGER NOT NULL, version INTEGER NOT NULL, system TEXT NOT NULL,
+  question TEXT NOT NULL, loss_at REAL, prev_since INTEGER, PRIMARY KEY (sample_id, since)
+);
 CREATE TABLE IF NOT EXISTS evals (
   epoch INTEGER NOT NULL, sample_id TEXT NOT NULL, reply TEXT NOT NULL, prediction TEXT NOT NULL,
   correct INTEGER NOT NULL, strict INTEGER, flexible INTEGER, PRIMARY KEY (epoch, sample_id)
@@ -91,6 +95,22 @@ class Store:
 
     def add_rewrites(self, rows):
         self._insert("rewrites", rows)
+
+    def add_prompts(self, rows):
+        """Rewritten prompt versions, one row per (sample, epoch it was written); a redone round overwrites its own."""
+        self._insert("prompts", rows)
+
+    def prompt_rows(self, keys: dict[str, int]) -> dict[str, dict[str, Any]]:
+        """Sample id -> its prompt row written at epoch keys[id] (the graph state's `prompt_epochs`)."""
+        if not keys:
+            return {}
+        return {r["sample_id"]: r for r in self.query("SELECT * FROM prompts") if keys.get(r["sample_id"]) == r["since"]}
+
+    def candidates(self, epoch: int) -> list[str]:
+        """The samples still misclassified at `epoch` that were not sent back to an earlier prompt in it, by id."""
+        return [r[0] for r in self.db.execute(
+            "SELECT sample_id FROM signals WHERE epoch=? AND correct=0 AND sample_id NOT IN "
+            "(SELECT sample_id FROM decisions WHERE epoch=? AND path='revert') ORDER BY sample_id", (epoch, epoch))]
 
     def add_evals(self, rows):
         self._insert("evals", rows)

@@ -36,3 +36,16 @@ def test_route_round_bench_decides_every_candidate_in_both_designs():
     out = _json_line(["bench/route_round.py", "--sizes", "40", "1200"])
     assert [r["candidates"] for r in out["rounds"]] == [40, 1200] and out["chunk"] == 1000
     assert out["rounds"][1]["size_ratio"] == 30 and out["rounds"][1]["chunked_s"] > 0
+
+
+def test_scale_bench_measures_each_size_and_a_full_run():
+    out = _json_line(["bench/scale.py", "--sizes", "40", "80", "--real-n", "30"], timeout=600)
+    rows = out["head"]["stubbed"]
+    assert [r["n"] for r in rows] == [40, 80] and "baseline" not in out
+    for r in rows:
+        # ~90% of the samples are misclassified by the stubbed trainer: two rounds of that many candidates, p = 0.1.
+        assert [x["epoch"] for x in r["rounds"]] == [2, 3]
+        assert all(0.8 * r["n"] <= x["candidates"] <= r["n"] and x["rewrites"] >= 1 for x in r["rounds"])
+        assert r["graph_sqlite_mb"] > 0 and r["report_html_mb"] > 0 and r["inspect_s"] > 0 and r["inspect_peak_rss_mb"] > 0
+    assert out["head"]["growth"][0]["from"] == 40 and out["head"]["growth"][0]["to"] == 80
+    assert out["head"]["full_run"]["stubbed_trainer"] is False and out["head"]["full_run"]["rounds"]

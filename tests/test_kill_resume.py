@@ -21,8 +21,9 @@ ROOT = Path(__file__).resolve().parents[1]
 KILLS = 10
 
 
-def _cli(*args, cwd):
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "NSLORA_TEST_KEY": KEY, "OMP_NUM_THREADS": "1"}
+def _cli(*args, cwd, path=(), **env_vars):
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), *map(str, path)]), "NSLORA_TEST_KEY": KEY,
+           "OMP_NUM_THREADS": "1", **env_vars}
     return subprocess.Popen([sys.executable, "-m", "router.cli", *args], cwd=cwd, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
@@ -120,6 +121,95 @@ def test_sigkill_at_random_points_then_resume_matches_an_uninterrupted_run(tiny_
     for key in repeated:
         assert any(0 <= kill - first_sent[key] < 1.0 for kill in kills), "a finished rewrite request was sent again"
     assert len(set(requests)) >= len(requests) - len(kills)
+
+
+KILLER = """
+import os, signal
+from pathlib import Path
+
+from policies.signal import LossRatioPolicy
+
+
+class KillInRound(LossRatioPolicy):
+    \"\"\"Loss-ratio routing that kill -9s its own process at its first decision of each round, once per epoch.\"\"\"
+
+    def decide(self, view):
+        mark = Path(os.environ["KILL_MARKS"]) / f"epoch-{view.epoch}"
+        if not mark.exists() and not view.id.startswith("ex"):  # ex*: the conformance check's made-up samples
+            mark.touch()
+            os.kill(os.getpid(), signal.SIGKILL)
+        return super().decide(view)
+"""
+
+
+def _latest_checkpoint(run_dir):
+    import sqlite3
+
+    from langgraph.checkpoint.sqlite import SqliteSaver
+
+    saver = SqliteSaver(sqlite3.connect(run_dir / "checkpoints" / "graph.sqlite"))
+    try:
+        return saver.get_tuple({"configurable": {"thread_id": "run"}})
+    finally:
+        saver.conn.close()
+
+
+def test_kill_inside_a_routing_round_resumes_inside_it_with_the_same_decisions(tiny_dir, tmp_path):
+    (tmp_path / "killer.py").write_text(KILLER)
+    ref_marks, marks = tmp_path / "ref-marks", tmp_path / "marks"
+    ref_marks.mkdir(), marks.mkdir()
+    for e in range(1, 10):
+        (ref_marks / f"epoch-{e}").touch()  # the reference run is never killed
+    results = {}
+    with FakeOpenAI() as srv:
+        for name, where in (("ref", ref_marks), ("killed", marks)):
+            work = tmp_path / name
+            work.mkdir()
+            cfg = write_config(work, tiny_dir, srv.base_url, policy={"name": "killer:KillInRound"}, train={"epochs": 4})
+            run_dir = work / "runs" / "r"
+            proc = _cli("run", str(cfg), cwd=work, path=[tmp_path], KILL_MARKS=str(where))
+            kills = 0
+            while True:
+                _, err = proc.communicate(timeout=300)
+                if proc.returncode == 0:
+                    break
+                assert proc.returncode == -signal.SIGKILL, err[-2000:]
+                kills += 1
+                # Killed in a decide branch: the newest checkpoint is the step that started the round, so the
+                # resume decides this round again rather than training the epoch again.
+                latest = _latest_checkpoint(run_dir)
+                assert latest.checkpoint["channel_values"]["saturated"] is True
+                assert latest.checkpoint["channel_values"]["candidates"] > 0
+                epoch = latest.checkpoint["channel_values"]["epoch"]
+                assert not rows(run_dir, f"SELECT * FROM decisions WHERE epoch={epoch} AND path != 'revert'")
+                proc = _cli("resume", str(run_dir), cwd=work, path=[tmp_path], KILL_MARKS=str(where))
+            results[name] = (run_dir, kills)
+    assert results["ref"][1] == 0 and results["killed"][1] == 3  # rounds at epochs 2, 3 and 4
+    assert _tables(results["killed"][0]) == _tables(results["ref"][0])
+    assert len(rows(results["ref"][0], "SELECT * FROM decisions WHERE route='symbolic'")) >= 3
+    _checkpoints_hold_what_changed(results["killed"][0])
+
+
+def _checkpoints_hold_what_changed(run_dir):
+    """Only the newest two checkpoints are kept, and the state names the rewritten samples and the epoch of their
+    current prompt, whose text is in run.sqlite: the prompts the run ended with."""
+    import sqlite3
+
+    db = sqlite3.connect(run_dir / "checkpoints" / "graph.sqlite")
+    assert db.execute("SELECT COUNT(*) FROM checkpoints").fetchone()[0] == 2
+    assert db.execute("SELECT COUNT(DISTINCT checkpoint_id) FROM writes").fetchone()[0] <= 2
+    db.close()
+    state = _latest_checkpoint(run_dir).checkpoint["channel_values"]
+    accepted = {r["sample_id"] for r in rows(run_dir, "SELECT sample_id FROM rewrites WHERE verdict='accepted'")}
+    assert "prompts" not in state and state["prompt_epochs"] and set(state["prompt_epochs"]) <= accepted
+    assert not state.get("decisions")
+    final = {r["id"]: r for r in map(json.loads, (run_dir / "augmented.jsonl").read_text().splitlines())}
+    for i, since in state["prompt_epochs"].items():
+        row = rows(run_dir, f"SELECT * FROM prompts WHERE sample_id='{i}' AND since={since}")[0]
+        assert final[i]["question"] == row["question"] and final[i]["version"] == row["version"] >= 1
+    assert all(final[i]["version"] == 0 for i in final if i not in state["prompt_epochs"])
+
+
 
 
 def test_sigterm_finishes_the_step_prints_the_resume_command_and_resume_completes(tiny_dir, tmp_path):
