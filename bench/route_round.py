@@ -47,6 +47,7 @@ def _graph(ctx, per_chunk: int, saver):
     from langgraph.types import Send
 
     from router import nodes
+
     def fan_out(state):
         ids = list(ctx.round_views)
         return [Send("decide", {"ids": ids[i:i + per_chunk]}) for i in range(0, len(ids), per_chunk)]

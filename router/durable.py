@@ -1,8 +1,9 @@
 """What makes a run survive a crash: trainer checkpoints at node boundaries, and a clean stop on SIGINT / SIGTERM.
 
 The graph's own state (epoch, which prompt version each rewritten sample is on, decisions) is checkpointed by
-LangGraph's SQLite checkpointer after every step, the newest two kept; this module keeps the tensors that live outside the graph — LoRA weights, optimizer state, RNG state — in
-`checkpoints/trainer-<epoch>.pt`, written to a temporary file and renamed, so a kill never leaves half a file.
+LangGraph's SQLite checkpointer after every step, the newest two kept (`pruned`); this module keeps the tensors that
+live outside the graph — LoRA weights, optimizer state, RNG state — in `checkpoints/trainer-<epoch>.pt`, written to a
+temporary file and renamed, so a kill never leaves half a file.
 """
 
 from __future__ import annotations

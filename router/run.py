@@ -218,11 +218,11 @@ def _execute(ctx, path: Path, dist, durable: bool) -> None:
     ctx.clock = NodeClock(ctx.store)
     saver = timed_saver(_checkpointer(ctx, path), ctx.clock) if durable else None
     graph = build_graph(ctx, checkpointer=saver)
-    # durability="sync": each step's checkpoint is on disk before the next step starts (LangGraph's default writes it
-    # while the next step runs, so a kill inside a routing round could lose the step that started the round).
     config = {"recursion_limit": 20 + 8 * ctx.cfg.train.epochs, "max_concurrency": 8, "configurable": {"thread_id": "run"}}
     initial = {"epoch": 0, "prompt_epochs": {}, "shared_system": None, "decisions": None, "accuracy": {}}
     snapshot = graph.get_state(config) if saver is not None else None
+    # durability="sync": each step's checkpoint is on disk before the next step starts (LangGraph's default writes it
+    # while the next step runs, so a kill inside a routing round could lose the step that started the round).
     sync = {"durability": "sync"} if saver is not None else {}
     restore = dur.install_signal_handlers()
     try:
