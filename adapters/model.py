@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import hashlib
 import os
-import shutil
 from pathlib import Path
 
+from core.atomic import folder_atomic, fsync_dir
 from core.errors import UserError
 
 DEFAULT_MODEL = "smollm2-135m-instruct"
@@ -50,7 +50,10 @@ def _gemma3_270m_file() -> Path:
         target.parent.mkdir(parents=True, exist_ok=True)
         tmp = target.with_name(target.name + f".tmp{os.getpid()}")
         wheel.assemble(output_path=tmp, overwrite=True)  # checks the sha256 of the joined file
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
         os.replace(tmp, target)
+        fsync_dir(target.parent)
     return target
 
 
@@ -96,13 +99,10 @@ def _dequantised_cache(folder: str, gguf_file: str, cache_dir: str | None) -> Pa
         delattr(config, "quantization_config")
     fresh = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     fresh.load_state_dict(gguf_model.state_dict())
-    # Write to a temporary folder and rename, so an interrupted conversion never leaves a half cache.
-    tmp = target.with_name(target.name + f".tmp{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    fresh.save_pretrained(tmp)
-    tok.save_pretrained(tmp)
-    shutil.rmtree(target, ignore_errors=True)
-    tmp.rename(target)
+    # A folder whole or absent, so an interrupted conversion never leaves a half cache.
+    with folder_atomic(target) as tmp:
+        fresh.save_pretrained(tmp)
+        tok.save_pretrained(tmp)
     return target
 
 

@@ -17,7 +17,7 @@ from pathlib import Path
 TABLES = {"signals": "epoch, sample_id", "decisions": "epoch, sample_id, path", "rewrites": "epoch, sample_id",
           "evals": "epoch, sample_id", "epochs": "epoch"}
 # Wall-clock fields, and the run folder's own path, differ between any two runs.
-CLOCK = {"seconds", "wall_seconds", "round_seconds", "round_busy_seconds", "busy_seconds", "node_seconds", "run_dir"}
+CLOCK = {"seconds", "wall_seconds", "processes", "round_seconds", "round_busy_seconds", "busy_seconds", "node_seconds", "run_dir"}
 
 
 def _strip(obj):

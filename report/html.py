@@ -7,7 +7,6 @@ the file opens offline, from an e-mail attachment, or on a machine with no netwo
 
 from __future__ import annotations
 
-import os
 from datetime import datetime
 from html import escape
 from pathlib import Path
@@ -361,12 +360,9 @@ def render_compare(runs: list[D.Run]) -> str:
 
 
 def write_atomic(path: str | Path, text: str) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
-    return path
+    from core.atomic import write_text
+
+    return write_text(path, text)
 
 
 def write_report(run_dir: str | Path, out: str | Path | None = None, sample: str | None = None) -> Path:

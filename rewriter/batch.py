@@ -32,6 +32,7 @@ from rewriter.batch_api import (  # noqa: F401  (re-exported: the batch path's p
     scrub,
     submit,
 )
+from core.atomic import open_atomic
 from rewriter.cache import CachedEngine, ReplyCache, request_key
 from rewriter.engine import to_messages
 from rewriter.strategies.base import RewriteContext, RewriteResult, judge
@@ -60,14 +61,11 @@ def write_requests(jobs, engine, path: str | os.PathLike, strategy=None) -> list
     ids = custom_ids(jobs)
     params = engine.request_params({}) if hasattr(engine, "request_params") else base.request_params({})
     path = os.fspath(path)
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = path + ".tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
+    with open_atomic(path) as f:
         for cid, (_, ctx) in zip(ids, jobs):
             body = {"model": base.model, "messages": messages_for(ctx, strategy), **params}
             line = {"custom_id": cid, "method": "POST", "url": ENDPOINT, "body": body}
             f.write(json.dumps(line, ensure_ascii=False) + "\n")
-    os.replace(tmp, path)
     return ids
 
 

@@ -26,6 +26,7 @@ import os
 import time
 from typing import Callable, NamedTuple
 
+from core.atomic import open_atomic, write_bytes, write_text
 from rewriter.engine import EngineError, one_line, usage_detail_of
 
 ENDPOINT = "/v1/chat/completions"
@@ -213,17 +214,14 @@ def submit(engine, requests_path: str | os.PathLike, poll_seconds: float = 10.0,
         raise BatchError(one_line(base.scrub(f"{where}: batch {batch.id} {batch.status}{done}{why}"), 300),
                          output_path if got_output else None, errors_path if got_errors else None)
     if not got_output:  # every line failed: an empty output file keeps read_results simple
-        open(output_path, "w").close()
+        write_text(output_path, "")
     return output_path
 
 
 def _download(client, file_id: str, path: str) -> None:
     content = client.files.content(file_id)
     data = content.content if hasattr(content, "content") else content.read()
-    tmp = path + ".tmp"
-    with open(tmp, "wb") as f:
-        f.write(data)
-    os.replace(tmp, path)
+    write_bytes(path, data)
 
 
 def run_offline(requests_path: str | os.PathLike, output_path: str | os.PathLike, engine) -> str:
@@ -232,8 +230,7 @@ def run_offline(requests_path: str | os.PathLike, output_path: str | os.PathLike
     and its retries, backoff and circuit breaker apply; the body's sampling parameters are sent as written.
     A line that fails after the retries becomes an error line. Returns output_path."""
     output_path = os.fspath(output_path)
-    tmp = output_path + ".tmp"
-    with open(requests_path, encoding="utf-8") as src, open(tmp, "w", encoding="utf-8") as out:
+    with open(requests_path, encoding="utf-8") as src, open_atomic(output_path) as out:
         for n, line in enumerate(src):
             if not line.strip():
                 continue
@@ -258,7 +255,6 @@ def run_offline(requests_path: str | os.PathLike, output_path: str | os.PathLike
                 row = {"id": rid, "custom_id": req.get("custom_id"),
                        "response": {"status_code": 200, "request_id": rid, "body": reply}, "error": None}
             out.write(json.dumps(row, ensure_ascii=False) + "\n")
-    os.replace(tmp, output_path)
     return output_path
 
 

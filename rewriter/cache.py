@@ -20,10 +20,10 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import sqlite3
 import threading
 import time
 
+from core.atomic import connect_durable
 from rewriter.engine import CONTROL_PARAMS, EngineError, to_messages, usage_detail_of
 
 SCHEMA = """
@@ -69,7 +69,7 @@ class ReplyCache:
         folder = os.path.dirname(os.path.abspath(self.path))
         os.makedirs(folder, exist_ok=True)
         self._lock = threading.Lock()
-        self._db = sqlite3.connect(self.path, check_same_thread=False, timeout=30)
+        self._db = connect_durable(self.path)
         with self._lock, self._db:
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.executescript(SCHEMA)

@@ -51,11 +51,12 @@ def _parser() -> argparse.ArgumentParser:
     exp.add_argument("--gguf", metavar="FILE", help="GGUF file of the merged model for llama.cpp / Ollama (llama-architecture models)")
     exp.add_argument("--gguf-type", default="f16", choices=["f16", "q8_0"], help="GGUF weight type (default: f16)")
     exp.add_argument("--trl", metavar="FILE", help="JSONL of the augmented training data in TRL's prompt-completion format")
-    exp.add_argument("--overwrite", action="store_true", help="replace DIR if it exists")
+    exp.add_argument("--overwrite", action="store_true", help="replace DIR / FILE if it exists (refused otherwise, before anything is written)")
     ev = sub.add_parser("eval", help="score a run, an adapter or a base model on a test file (strict and flexible accuracy)",
                         description="Answer every sample of FILE with TARGET (a run folder, an adapter folder or a base model) by "
                                     "batched greedy generation; print strict and flexible accuracy with 95%% bootstrap intervals and "
-                                    "write replies.jsonl and summary.json (default folder: RUN/evals/<file name>, else evals/<file name>).")
+                                    "write replies.jsonl and summary.json (default folder: RUN/evals/<file name>-<split>-<task>-first<N>, else evals/...; "
+                                    "an existing folder is refused unless --overwrite).")
     ev.add_argument("target", metavar="TARGET")
     ev.add_argument("--data", required=True, metavar="FILE", help="test data in the task's own format (for sft: JSONL / CSV / Parquet / a saved dataset)")
     ev.add_argument("--task", default=None, help="task name (default: the run's); needed for an adapter or a base model")
@@ -63,6 +64,7 @@ def _parser() -> argparse.ArgumentParser:
     ev.add_argument("--out", default=None, help="folder for replies.jsonl and summary.json")
     ev.add_argument("--split", default=None, help="one split of a DatasetDict folder or hub data set, e.g. test (sft, gsm8k's hub copy)")
     ev.add_argument("--limit", type=int, default=None, help="only the first N samples of the file")
+    ev.add_argument("--overwrite", action="store_true", help="replace the evaluation folder if it exists")
     ev.add_argument("--max-new-tokens", type=int, default=32)
     ev.add_argument("--batch-size", type=int, default=16)
     ev.add_argument("--max-length", type=int, default=512, help="prompt tokens allowed (default 512)")
@@ -120,7 +122,8 @@ def _add_policy(sub) -> None:
     tr = psub.add_parser("train", help="build preference pairs from finished runs and train a reward classifier with TRL",
                          description="Build preference pairs from RUN_DIRs (train samples only) and train, calibrate and save a reward policy.")
     tr.add_argument("run_dirs", nargs="+", metavar="RUN_DIR")
-    tr.add_argument("--out", required=True, help="folder for the saved policy")
+    tr.add_argument("--out", required=True, help="folder for the saved policy (a new one, or an existing one with --overwrite)")
+    tr.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
     tr.add_argument("--criterion", choices=["c1", "c2", "rewrite"], default="c1",
                     help="what makes a sample 'needs symbolic': least progress (c1), smallest gradient norm (c2), or an accepted rewrite that helped")
     tr.add_argument("--max-pairs", type=int, default=2000)
@@ -197,6 +200,10 @@ def _policy_command(args) -> int:
         except ValueError:
             raise UserError(f"--{f.name.replace('_', '-')}={value!r} must be a {str(f.type)}") from None
     cfg = RewardPolicyConfig(**kwargs)
+    if not args.overwrite:
+        from core.atomic import refuse_existing
+
+        refuse_existing(args.out, "--out")
     pairs = build_pairs(args.run_dirs, args.criterion, max_pairs=args.max_pairs, high_share=args.high_share)
     metrics = train_reward_policy(pairs, cfg, args.out)
     print(json.dumps(metrics, indent=2))
@@ -277,7 +284,7 @@ def _eval_command(args) -> int:
     _quiet_libraries()
     summary = evaluate(args.target, args.data, task=args.task, params=params, out=args.out, max_new_tokens=args.max_new_tokens,
                        batch_size=args.batch_size, max_length=args.max_length, long=args.long, progress=sys.stderr.isatty(),
-                       limit=args.limit, split=args.split)
+                       limit=args.limit, split=args.split, overwrite=args.overwrite)
     print(table(summary))
     return 0
 
@@ -290,12 +297,18 @@ def _export_command(args) -> int:
 
     from router.model_export import export_trl
 
+    from core.atomic import refuse_existing
+
     if not (args.merged or args.gguf or args.trl):
         raise UserError("nslora export needs --merged DIR, --gguf FILE and / or --trl FILE")
+    if not args.overwrite:  # every target checked before any is written
+        for flag, target in (("--merged", args.merged), ("--gguf", args.gguf), ("--trl", args.trl)):
+            if target:
+                refuse_existing(target, flag)
     _quiet_libraries()
     report = {}
     if args.trl:
-        report.update(export_trl(args.run_dir, args.trl))
+        report.update(export_trl(args.run_dir, args.trl, overwrite=args.overwrite))
     if args.merged or args.gguf:
         report.update(export_model(args.run_dir, args.merged, args.gguf, args.gguf_type, overwrite=args.overwrite))
     print(json.dumps(report, indent=2))

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import torch
 
+from core.atomic import open_atomic
 from core.interrupt import Interrupted, install_signal_handlers, stop_requested  # noqa: F401  (the run's stop points)
 
 KEEP = 2  # the graph may resume from the epoch before the newest trainer checkpoint, never earlier
@@ -34,10 +35,8 @@ def save_trainer(trainer, run_dir: Path, epoch: int) -> None:
         "oom_halvings": trainer.oom_halvings,
     }
     path = trainer_path(run_dir, epoch)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(state, tmp)
-    os.replace(tmp, path)
+    with open_atomic(path, "wb") as f:
+        torch.save(state, f)
     for old in sorted(path.parent.glob("trainer-*.pt"))[:-KEEP]:
         old.unlink()
 

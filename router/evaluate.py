@@ -4,7 +4,9 @@ TARGET is a run folder (its base model + adapter, and its task settings), an ada
 adapter_config.json names the base model) or a base model (a name `nslora run` accepts). Every sample of the data
 is answered by batched greedy generation and scored both ways (strict and flexible); the replies go to
 replies.jsonl, the accuracies with bootstrap intervals to summary.json, both under OUT (default:
-RUN/evals/<data name> for a run folder, evals/<data name> otherwise), and a table is printed. A sample longer
+RUN/evals/<data name>[-split]-<task>[-firstN] for a run folder, evals/... otherwise; an existing one is refused
+unless `--overwrite`), and a table is printed. Exactly the rows of `--data` (its `--split`) are scored: the run's
+own data settings (held-out file, splits) never carry over. A sample longer
 than the limit is refused (default) or, with `--long truncate`, loses story lines from the front until it fits,
 the question kept; how many were truncated is reported.
 """
@@ -45,12 +47,17 @@ def fit(tokenizer, system: str, question: str, limit: int) -> tuple[str, bool]:
         return len(tokenizer(prompt_text(tokenizer, system, q), add_special_tokens=False)["input_ids"])
 
     lines = question.split("\n")
-    cut = 0
-    while size("\n".join(lines[cut:])) > limit:
-        if cut >= len(lines) - 1:
-            raise UserError(f"even the question's last line is over {limit} tokens; raise --max-length")
-        cut += 1
-    return "\n".join(lines[cut:]), cut > 0
+    if size(question) <= limit:
+        return question, False
+    if size(lines[-1]) > limit:
+        raise UserError(f"even the question's last line is over {limit} tokens; raise --max-length")
+    # The fewest leading lines to drop, by bisection: the prompt only shrinks as lines go, and tokenising it once
+    # per dropped line made a long story quadratic.
+    low, high = 0, len(lines) - 1  # size(cut=low) > limit, size(cut=high) <= limit
+    while high - low > 1:
+        mid = (low + high) // 2
+        low, high = (low, mid) if size("\n".join(lines[mid:])) <= limit else (mid, high)
+    return "\n".join(lines[high:]), True
 
 
 def bootstrap(correct: np.ndarray, draws: int = 10000, confidence: float = 0.95, seed: int = 0) -> dict[str, float]:
@@ -71,6 +78,26 @@ def _samples(name: str, data: str, settings: dict[str, Any]):
     cfg = TaskConfig(name=name, path=data, **settings)
     task, samples = load_samples(cfg)
     return task, samples, build_scorer(cfg.scorer, task, samples)
+
+
+# The run's settings that name its own data: they never apply to --data (an sft run's held-out file would be added
+# to the rows scored, and its split choice would pick --data's split).
+DATA_PARAMS = ("heldout_path", "heldout_split", "split")
+
+
+def _check_dataset_dict(data: str, split: str | None) -> None:
+    """A DatasetDict folder is scored on one split the user names, never on a default one."""
+    info = Path(data) / "dataset_dict.json"
+    if split is None and info.is_file():
+        splits = json.loads(info.read_text()).get("splits", [])
+        raise UserError(f"--data {data} is a DatasetDict with splits {', '.join(splits)}; pick one with --split "
+                        f"(e.g. --split {splits[-1] if splits else 'test'})")
+
+
+def folder_name(data: str, split: str | None, task: str, limit: int | None) -> str:
+    """One evaluation folder per (data, split, task, limit), so evaluations never overwrite each other."""
+    parts = [Path(data.rstrip("/")).stem or "data", split, task, f"first{limit}" if limit is not None else None]
+    return "-".join(p for p in parts if p)
 
 
 def _check_split(task: str, split: str) -> None:
@@ -100,11 +127,11 @@ def _prompts(tokenizer, samples, data: str, max_length: int, long: str) -> list[
 
 def evaluate(target: str, data: str, task: str | None = None, params: dict[str, Any] | None = None, out: str | None = None,
              max_new_tokens: int = 32, batch_size: int = 16, max_length: int = 512, long: str = "refuse",
-             progress: bool = True, limit: int | None = None, split: str | None = None) -> dict[str, Any]:
+             progress: bool = True, limit: int | None = None, split: str | None = None, overwrite: bool = False) -> dict[str, Any]:
     """Answer and score every sample of `data`; writes replies.jsonl and summary.json, returns the summary."""
     from adapters.model import load_model
     from adapters.train import greedy_replies
-    from router.export import _atomic_text
+    from core.atomic import refuse_existing, write_text
 
     if long not in ("refuse", "truncate"):
         raise UserError(f"--long={long!r} must be refuse or truncate")
@@ -114,15 +141,22 @@ def evaluate(target: str, data: str, task: str | None = None, params: dict[str, 
         raise UserError("--task is needed: the target is not a run folder, so it does not say which task the data is")
     same = name == run_task.get("name")  # the run's own task: its params, scorer and prompt carry over
     settings = {k: v for k, v in run_task.items() if k in ("params", "scorer", "system_prompt", "scoring")} if same else {}
+    if "params" in settings:
+        settings["params"] = {k: v for k, v in settings["params"].items() if k not in DATA_PARAMS}
+    _check_dataset_dict(data, split)
     if split is not None:
         _check_split(name, split)
         params = {**(params or {}), "split": split}
     if params:
         settings["params"] = {**settings.get("params", {}), **params}
+    if limit is not None and limit < 1:
+        raise UserError(f"--limit={limit} must be >= 1")
+    is_run = adapter is not None and Path(target, "config.yaml").is_file()
+    folder = Path(out) if out else (Path(target) / "evals" if is_run else Path("evals")) / folder_name(data, split, name, limit)
+    if not overwrite:
+        refuse_existing(folder, "nslora eval", "--overwrite (or --out DIR)")
     task_obj, samples, flexible = _samples(name, data, settings)
     if limit is not None:
-        if limit < 1:
-            raise UserError(f"--limit={limit} must be >= 1")
         samples = samples[:limit]
     model, tokenizer, _ = load_model(base)
     if adapter:
@@ -147,11 +181,8 @@ def evaluate(target: str, data: str, task: str | None = None, params: dict[str, 
                "max_new_tokens": max_new_tokens, "flexible": bootstrap(np.array([r["flexible"] for r in rows], float))}
     if strict is not None:
         summary["strict"] = bootstrap(np.array([r["strict"] for r in rows], float))
-    is_run = adapter is not None and Path(target, "config.yaml").is_file()
-    folder = Path(out) if out else (Path(target) / "evals" if is_run else Path("evals")) / Path(data).stem
-    folder.mkdir(parents=True, exist_ok=True)
-    _atomic_text(folder / "replies.jsonl", "".join(json.dumps(r) + "\n" for r in rows))
-    _atomic_text(folder / "summary.json", json.dumps(summary, indent=2))
+    write_text(folder / "replies.jsonl", "".join(json.dumps(r) + "\n" for r in rows))
+    write_text(folder / "summary.json", json.dumps(summary, indent=2))
     return {**summary, "folder": str(folder)}
 
 

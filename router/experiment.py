@@ -26,7 +26,7 @@ import yaml
 from core.options import require
 from router.config import apply_overrides, from_dict, read_yaml, section_from_dict, to_dict
 from core.errors import UserError
-from router.export import _atomic_text
+from core.atomic import write_text
 
 # Arm name -> what it changes in the base config. "reward" gets policy.path filled in by the experiment.
 ARMS: dict[str, dict[str, Any]] = {
@@ -155,8 +155,8 @@ class Experiment:
         text = yaml.safe_dump(self.base, sort_keys=False)
         if self.config_path.exists() and self.config_path.read_text(encoding="utf-8") != text:
             raise UserError(f"{self.root} holds an experiment with another config; choose another experiment.name or out_dir, or delete the folder")
-        _atomic_text(self.config_path, text)
-        _atomic_text(self.root / "experiment.yaml", yaml.safe_dump(dataclasses.asdict(self.exp), sort_keys=False))
+        write_text(self.config_path, text)
+        write_text(self.root / "experiment.yaml", yaml.safe_dump(dataclasses.asdict(self.exp), sort_keys=False))
         total = len(self.jobs_list)
         self.echo(f"experiment {self.exp.name}: {len(self.exp.arms)} arms x {len(self.exp.seeds)} seeds = {total} runs in {self.root} ({self.jobs} at a time)")
         threads = max(1, (os.cpu_count() or 1) // self.jobs)
@@ -257,8 +257,8 @@ class Experiment:
         classifier = self._classifier_detection() if table.get("detection") else None
         if classifier:
             table["detection"]["classifier"] = classifier
-        _atomic_text(self.root / "results.json", json.dumps(table, indent=2))
-        _atomic_text(self.root / "results.md", markdown_table([table]))
+        write_text(self.root / "results.json", json.dumps(table, indent=2))
+        write_text(self.root / "results.md", markdown_table([table]))
         return table
 
 
@@ -279,7 +279,7 @@ class Experiment:
         _, train, _ = load_task(cfg.task)
         out = ground_truth_auc(self.policy_dir, [(sample_text(s.system, s.question), s.meta.get("fault")) for s in train])
         out["task_seed"] = cfg.task.seed
-        _atomic_text(cache, json.dumps(out, indent=2))
+        write_text(cache, json.dumps(out, indent=2))
         return out
 
 
@@ -299,8 +299,8 @@ def run_experiments(paths: list[str], overrides: list[str], jobs: int, out: str 
         from report.stats import markdown_table
 
         root = Path(loaded[0][0].out_dir)
-        _atomic_text(root / "results.json", json.dumps(tables, indent=2))
-        _atomic_text(root / "results.md", markdown_table(tables))
+        write_text(root / "results.json", json.dumps(tables, indent=2))
+        write_text(root / "results.md", markdown_table(tables))
         echo(f"combined results: {root / 'results.md'}")
     if failed:
         raise UserError(f"{len(failed)} run(s) did not finish ({', '.join(failed[:6])}{', ...' if len(failed) > 6 else ''}); "

@@ -1,30 +1,17 @@
 """The run's outputs: peft adapter, augmented data set (final prompts with provenance), metrics.json.
 
-Files are written to a temporary name and renamed, so a reader never sees half a file.
+Every file goes through core.atomic: written to a temporary name, synced and renamed, so neither a reader nor a
+crash ever sees half a file.
 """
 
 from __future__ import annotations
 
 import json
-import os
-import shutil
 import time
 from pathlib import Path
 from typing import Any
 
-
-def _atomic_text(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
-
-
-def _atomic_dir(path: Path, write) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    write(tmp)
-    shutil.rmtree(path, ignore_errors=True)
-    os.replace(tmp, path)
+from core.atomic import folder_atomic, write_text
 
 
 def augmented_rows(ctx, state) -> list[dict[str, Any]]:
@@ -87,14 +74,18 @@ def export_run(path: Path, ctx, state, started: float) -> dict[str, Any]:
     import datasets
 
     model = ctx.trainer.accelerator.unwrap_model(ctx.trainer.model)
-    _atomic_dir(path / "adapter", lambda d: model.save_pretrained(d))
+    with folder_atomic(path / "adapter") as d:
+        model.save_pretrained(d)
 
     rows = augmented_rows(ctx, state)
-    _atomic_dir(path / "augmented", lambda d: datasets.Dataset.from_list(rows).save_to_disk(str(d)))
-    _atomic_text(path / "augmented.jsonl", "".join(json.dumps(r) + "\n" for r in rows))
+    with folder_atomic(path / "augmented") as d:
+        datasets.Dataset.from_list(rows).save_to_disk(str(d))
+    write_text(path / "augmented.jsonl", "".join(json.dumps(r) + "\n" for r in rows))
 
     acc = {int(k): v for k, v in state.get("accuracy", {}).items()}
     last = max(acc)
+    clock = getattr(ctx, "clock", None)
+    wall, processes = clock.wall_seconds() if clock is not None and clock.process is not None else (time.perf_counter() - started, 1)
     counts = ctx.store.counts()
     counts.update({"train": len(ctx.train), "heldout": len(ctx.heldout),
                    "rewritten_samples": sum(r["version"] > 0 for r in rows),
@@ -107,9 +98,10 @@ def export_run(path: Path, ctx, state, started: float) -> dict[str, Any]:
         "llm": llm_usage(ctx),
         "shared_system": state.get("shared_system"),
         **({"routing": _routing(ctx)} if getattr(ctx.task, "has_ground_truth", False) else {}),
-        "wall_seconds": round(time.perf_counter() - started, 3),
+        # Every process of the run (a resumed run's included), each up to its last finished step.
+        "wall_seconds": round(wall, 3), "processes": processes,
         # Seconds per graph node and for checkpoints, up to this export (run.sqlite's timings has them per epoch).
         "node_seconds": ctx.store.timing_totals(),
     }
-    _atomic_text(path / "metrics.json", json.dumps(metrics, indent=2))
+    write_text(path / "metrics.json", json.dumps(metrics, indent=2))
     return metrics

@@ -9,7 +9,7 @@ reloaded folder must give the adapter's logits on the run's held-out prompts bef
 
 from __future__ import annotations
 
-import shutil
+import os
 import sqlite3
 from pathlib import Path
 from typing import Any
@@ -24,7 +24,11 @@ TOLERANCE = 1e-4
 GGUF_TOLERANCE = {"f16": 0.01, "q8_0": 0.05}
 
 
-def _prompts(run_dir: Path, n: int = 4) -> list[tuple[str, str]]:
+# How many of the run's held-out prompts (the first by id) the merged folder and the GGUF are checked on.
+CHECK_PROMPTS = 16
+
+
+def _prompts(run_dir: Path, n: int = CHECK_PROMPTS) -> list[tuple[str, str]]:
     db = sqlite3.connect(f"file:{run_dir / 'run.sqlite'}?mode=ro", uri=True)
     try:
         return db.execute("SELECT system, question FROM samples WHERE split='heldout' ORDER BY id LIMIT ?", (n,)).fetchall()
@@ -67,11 +71,13 @@ def export_model(run_dir: str | Path, merged_dir: str | Path | None = None, gguf
                  gguf_type: str = "f16", overwrite: bool = False) -> dict[str, Any]:
     """Merge the run's adapter into its base model; save it as a transformers folder and / or a GGUF file, each
     reloaded and checked against the adapter's logits before it is put in place."""
+    from core.atomic import refuse_existing
+
     run = Path(run_dir)
-    targets = [Path(p) for p in (merged_dir, gguf_file) if p is not None]
-    for t in targets:
-        if t.exists() and (t.is_file() or any(t.iterdir())) and not overwrite:
-            raise UserError(f"{t} already exists; choose another path or pass --overwrite")
+    if not overwrite:
+        for flag, t in (("--merged", merged_dir), ("--gguf", gguf_file)):
+            if t is not None:
+                refuse_existing(t, flag)
     if gguf_file is not None:
         from router.gguf_out import QTYPES
 
@@ -89,19 +95,16 @@ def export_model(run_dir: str | Path, merged_dir: str | Path | None = None, gguf
 def _save_folder(merged, tokenizer, out: Path, prompts, expected) -> dict[str, Any]:
     from transformers import AutoModelForCausalLM
 
-    tmp = out.with_name(out.name + ".partial")
-    shutil.rmtree(tmp, ignore_errors=True)
-    merged.save_pretrained(tmp, safe_serialization=True)
-    tokenizer.save_pretrained(tmp)
-    reloaded = AutoModelForCausalLM.from_pretrained(tmp).eval()
-    diff = float((_logits(reloaded, tokenizer, prompts) - expected).abs().max())
-    bound = max(TOLERANCE, 1e-6 * float(expected.abs().max()))
-    if not diff <= bound:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise UserError(f"the merged model's logits differ from the adapter's by {diff:.2e} (over {bound:.1e}); nothing was written to {out}")
-    if out.exists():
-        shutil.rmtree(out)
-    tmp.rename(out)
+    from core.atomic import folder_atomic
+
+    with folder_atomic(out) as tmp:  # a refusal below leaves nothing at `out`
+        merged.save_pretrained(tmp, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
+        reloaded = AutoModelForCausalLM.from_pretrained(tmp).eval()
+        diff = float((_logits(reloaded, tokenizer, prompts) - expected).abs().max())
+        bound = max(TOLERANCE, 1e-6 * float(expected.abs().max()))
+        if not diff <= bound:
+            raise UserError(f"the merged model's logits differ from the adapter's by {diff:.2e} (over {bound:.1e}); nothing was written to {out}")
     return {"merged": str(out), "parameters": sum(p.numel() for p in reloaded.parameters()),
             "max_logit_difference": diff, "files": sorted(p.name for p in out.iterdir())}
 
@@ -125,18 +128,25 @@ def _save_gguf(merged, tokenizer, out: Path, qtype: str, prompts, expected) -> d
         tmp.unlink()
         raise UserError(f"the GGUF model's logits differ from the adapter's by {relative:.1%} of their scale (over "
                         f"{GGUF_TOLERANCE[qtype]:.0%}); nothing was written to {out}")
+    from core.atomic import fsync_dir
+
+    with open(tmp, "rb+") as f:
+        os.fsync(f.fileno())
     tmp.replace(out)
+    fsync_dir(out.parent)
     return {**info, "gguf": str(out), "gguf_relative_logit_difference": relative, "gguf_same_next_token": same_top}
 
 
-def export_trl(run_dir: str | Path, out_file: str | Path) -> dict[str, Any]:
+def export_trl(run_dir: str | Path, out_file: str | Path, overwrite: bool = False) -> dict[str, Any]:
     """The run's augmented training data (rewritten prompts where accepted, the rest as they were) as JSONL in
     TRL's conversational prompt-completion format, which `trl sft --dataset_name FILE` trains on directly."""
     import json
 
-    from router.export import _atomic_text
+    from core.atomic import refuse_existing, write_text
 
     run, out = Path(run_dir), Path(out_file)
+    if not overwrite:
+        refuse_existing(out, "--trl")
     src = run / "augmented.jsonl"
     if not src.is_file():
         raise UserError(f"{run} has no augmented.jsonl; give the folder of a finished run (it has metrics.json)")
@@ -146,6 +156,5 @@ def export_trl(run_dir: str | Path, out_file: str | Path) -> dict[str, Any]:
         prompt = ([{"role": "system", "content": r["system"]}] if r["system"] else []) + [{"role": "user", "content": r["question"]}]
         lines.append(json.dumps({"prompt": prompt, "completion": [{"role": "assistant", "content": r["target"]}],
                                  "id": r["id"], "rewritten": r["rewritten"]}) + "\n")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    _atomic_text(out, "".join(lines))
+    write_text(out, "".join(lines))
     return {"trl": str(out), "rows": len(lines), "rewritten": sum(bool(r["rewritten"]) for r in rows)}

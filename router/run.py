@@ -179,7 +179,7 @@ def _wrap(model, cfg: Config):
 
 def _open_store(cfg: Config, path: Path | None, dist, fresh: bool):
     """The run's store (a fresh folder with config.yaml for a new run); other processes keep a scratch one."""
-    from router.export import _atomic_text
+    from core.atomic import write_text
     from router.store import Store
 
     if not dist.is_main_process:
@@ -191,7 +191,7 @@ def _open_store(cfg: Config, path: Path | None, dist, fresh: bool):
         if path.exists():
             shutil.rmtree(path)
         path.mkdir(parents=True)
-        _atomic_text(path / "config.yaml", yaml.safe_dump(to_dict(cfg), sort_keys=False))
+        write_text(path / "config.yaml", yaml.safe_dump(to_dict(cfg), sort_keys=False))
     return Store(path / "run.sqlite"), None
 
 
@@ -215,7 +215,7 @@ def _execute(ctx, path: Path, dist, durable: bool) -> None:
         ctx.tensorboard = TensorBoardLogger(path)
     from router.timing import NodeClock, timed_saver
 
-    ctx.clock = NodeClock(ctx.store)
+    ctx.clock = NodeClock(ctx.store, started=ctx.started)
     saver = timed_saver(_checkpointer(ctx, path), ctx.clock) if durable else None
     graph = build_graph(ctx, checkpointer=saver)
     config = {"recursion_limit": 20 + 8 * ctx.cfg.train.epochs, "max_concurrency": 8, "configurable": {"thread_id": "run"}}
@@ -256,10 +256,9 @@ def _execute(ctx, path: Path, dist, durable: bool) -> None:
 
 
 def _checkpointer(ctx, path: Path):
-    import sqlite3
-
     from langgraph.checkpoint.sqlite import SqliteSaver
 
+    from core.atomic import connect_durable
     from router import durable as dur
 
     (path / "checkpoints").mkdir(exist_ok=True)
@@ -268,7 +267,7 @@ def _checkpointer(ctx, path: Path):
             dur.save_trainer(ctx.trainer, path, epoch)
 
     ctx.checkpoint = checkpoint
-    return dur.pruned(SqliteSaver(sqlite3.connect(path / "checkpoints" / "graph.sqlite", check_same_thread=False)))
+    return dur.pruned(SqliteSaver(connect_durable(path / "checkpoints" / "graph.sqlite")))
 
 
 def dry_run(cfg: Config) -> str:

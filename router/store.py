@@ -6,9 +6,10 @@ Each node writes its rows in one transaction, so a crash leaves whole epochs, ne
 from __future__ import annotations
 
 import json
-import sqlite3
 from pathlib import Path
 from typing import Any, Iterable
+
+from core.atomic import connect_durable
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -43,6 +44,9 @@ CREATE TABLE IF NOT EXISTS evals (
 CREATE TABLE IF NOT EXISTS timings (
   epoch INTEGER NOT NULL, node TEXT NOT NULL, seconds REAL NOT NULL, PRIMARY KEY (epoch, node)
 );
+CREATE TABLE IF NOT EXISTS processes (
+  id INTEGER PRIMARY KEY, started TEXT NOT NULL, seconds REAL NOT NULL
+);
 CREATE TABLE IF NOT EXISTS epochs (
   epoch INTEGER PRIMARY KEY, train_loss REAL, train_correct REAL, heldout_accuracy REAL,
   saturated INTEGER, saturation_median REAL, symbolic INTEGER, accepted INTEGER, seconds REAL, skipped_steps INTEGER, oom_halvings INTEGER, micro_batch INTEGER,
@@ -56,7 +60,7 @@ class Store:
         self.path = Path(path)
         # Send branches and the rewrite pool run in threads; one connection guarded by SQLite's own locking
         # is enough because only the graph's sequential nodes write.
-        self.db = sqlite3.connect(self.path, check_same_thread=False)
+        self.db = connect_durable(self.path)
         self.db.executescript(SCHEMA)
         # Run folders written before these columns existed (the controlled benchmark, both scorings, failure kinds,
         # round wall times) get them empty.
@@ -179,6 +183,25 @@ class Store:
             self.db.executemany("INSERT INTO timings (epoch, node, seconds) VALUES (?, ?, ?) ON CONFLICT (epoch, node) "
                                 "DO UPDATE SET seconds = seconds + excluded.seconds",
                                 [(e, n, s) for (e, n), s in rows.items()])
+
+    def open_process(self) -> int:
+        """A row for this process's wall time (a run and each of its resumes is one process)."""
+        from datetime import datetime
+
+        with self.db:
+            cur = self.db.execute("INSERT INTO processes (started, seconds) VALUES (?, 0)",
+                                  (datetime.now().isoformat(timespec="seconds"),))
+        return int(cur.lastrowid)
+
+    def process_seconds(self, process: int, seconds: float) -> None:
+        with self.db:
+            self.db.execute("UPDATE processes SET seconds = ? WHERE id = ?", (seconds, process))
+
+    def wall_seconds(self, process: int, seconds: float) -> tuple[float, int]:
+        """(wall seconds of the whole run: every earlier process up to its last finished step, plus this one's
+        `seconds`; how many processes ran it)."""
+        total, n = self.db.execute("SELECT COALESCE(SUM(seconds), 0), COUNT(*) FROM processes WHERE id != ?", (process,)).fetchone()
+        return total + seconds, n + 1
 
     def timing_totals(self) -> dict[str, float]:
         """Seconds per node over the whole run, largest first."""

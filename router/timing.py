@@ -23,8 +23,12 @@ BRANCHES = ("decide",)
 
 
 class NodeClock:
-    def __init__(self, store):
+    def __init__(self, store, started: float | None = None):
         self.store = store
+        # This process's wall time since `started` (perf_counter) is stored with each flush, so a resumed run's
+        # wall time adds the processes before it, each up to its last finished step.
+        self.started = started
+        self.process = store.open_process() if started is not None else None
         self.epoch = 0
         self._lock = threading.Lock()
         self._pending: dict[tuple[int, str], float] = defaultdict(float)
@@ -39,6 +43,12 @@ class NodeClock:
             rows, self._pending = dict(self._pending), defaultdict(float)
         if rows:
             self.store.add_timings(rows)
+        if self.process is not None:
+            self.store.process_seconds(self.process, time.perf_counter() - self.started)
+
+    def wall_seconds(self) -> tuple[float, int]:
+        """(the run's wall seconds over all its processes, how many processes), as of now."""
+        return self.store.wall_seconds(self.process, time.perf_counter() - self.started)
 
     @contextmanager
     def measure(self, node: str):

@@ -230,6 +230,11 @@ def test_sigterm_finishes_the_step_prints_the_resume_command_and_resume_complete
         out, err = proc.communicate(timeout=300)
         assert proc.returncode == 0, err[-2000:]
         assert "held-out accuracy" in out and (run_dir / "metrics.json").exists()
+        # Wall time covers both processes, as node_seconds does (it used to restart with the resume).
+        metrics = json.loads((run_dir / "metrics.json").read_text())
+        first = rows(run_dir, "SELECT seconds FROM processes ORDER BY id")[0]["seconds"]
+        assert metrics["processes"] == 2 and first > 0
+        assert metrics["wall_seconds"] >= max(first, sum(metrics["node_seconds"].values()))
         proc = _cli("resume", str(run_dir), cwd=tmp_path)
         out, _ = proc.communicate(timeout=300)
         assert proc.returncode == 0 and "has already finished" in out

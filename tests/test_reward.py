@@ -288,3 +288,28 @@ def test_pairs_come_from_every_epoch_so_a_run_that_fixed_nearly_everything_still
     assert chosen <= {f"Sys.\n\nQ{i}?" for i in (0, 6, 8, 10)} and len(chosen) >= 2
     # Pairs match samples of one epoch: t0 (high at epoch 3) may be rejected against an epoch-2 high, never itself.
     assert all(r["chosen"] != r["rejected"] for s in ("train", "test") for r in pairs[s])
+
+
+@pytest.mark.parametrize("fallback", ["loss-ratio", "grad-norm"])
+def test_a_saved_fallback_is_the_one_that_decides_inside_the_band(trained, tmp_path, fallback):
+    import shutil
+
+    from policies.base import build
+
+    _, out = trained
+    saved = tmp_path / "policy"
+    shutil.copytree(out, saved)
+    meta = json.loads((saved / "policy.json").read_text())
+    (saved / "policy.json").write_text(json.dumps({**meta, "fallback": fallback, "band": 1.0}))
+    # C1 and C2 rank the samples in opposite orders, so the two fallbacks route different samples.
+    views = [SampleView(id=v.id, epoch=2, loss=1.0, c1=0.05 * i, c2=0.05 * i, correct=False, losses=(2.0, 1.0),
+                        system=v.system, question=v.question) for i, v in enumerate(_views())]
+    policy = RewardPolicy(str(saved), p=0.25).calibrate(views)  # band and fallback as saved: every decision defers
+    own = build(fallback, {}, p=0.25, seed=0).calibrate(views)
+    other = build({"loss-ratio": "grad-norm", "grad-norm": "loss-ratio"}[fallback], {}, p=0.25, seed=0).calibrate(views)
+    decisions = [policy.decide(v) for v in views]
+    assert all(d.path == "fallback" and f"deferred to {fallback}" in d.reason for d in decisions)
+    assert [d.route for d in decisions] == [own.decide(v).route for v in views]
+    assert [d.route for d in decisions] != [other.decide(v).route for v in views]
+    # A setting given at run time still overrides the saved one.
+    assert RewardPolicy(str(saved), p=0.25, band=0.0).calibrate(views).decide(views[0]).path == "classifier"

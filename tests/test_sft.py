@@ -129,7 +129,7 @@ def test_eval_a_run_an_adapter_and_a_base_model_on_a_test_file(tiny_dir, tmp_pat
     capsys.readouterr()
     assert main(["eval", str(run), "--data", str(test), "--max-new-tokens", "4"]) == 0
     printed = capsys.readouterr().out
-    folder = run / "evals" / "test"
+    folder = run / "evals" / "test-sft"
     summary = json.loads((folder / "summary.json").read_text())
     replies = [json.loads(line) for line in (folder / "replies.jsonl").read_text().splitlines()]
     assert summary["samples"] == len(replies) == 7 and summary["task"] == "sft" and summary["adapter"] == str(run / "adapter")
@@ -210,7 +210,7 @@ def test_route_train_and_evaluate_your_own_data_end_to_end(tiny_dir, tmp_path, m
             assert r["prompt"] == r["question"] and r["completion"] == r["target"]
     assert any(r["question"] != r["original_question"] for r in rewritten)
     assert main(["eval", str(run), "--data", str(test), "--max-new-tokens", "4", "--limit", "5"]) == 0
-    summary = json.loads((run / "evals" / "test" / "summary.json").read_text())
+    summary = json.loads((run / "evals" / "test-sft-first5" / "summary.json").read_text())
     assert summary["samples"] == 5 and {"strict", "flexible"} <= set(summary)
 
 

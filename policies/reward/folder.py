@@ -18,7 +18,9 @@ FIX = "retrain it with `nslora policy train RUN_DIR... --out DIR` (or copy the w
 
 
 def write_json(path: Path, data: dict) -> None:
-    path.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
+    from core import atomic
+
+    atomic.write_json(path, data, sort_keys=True)
 
 
 def _read_json(path: Path) -> dict:

@@ -18,13 +18,16 @@ from policies.reward.pairs import sample_text
 class RewardPolicy(Policy):
     name = "reward"
 
-    def __init__(self, path: str, p: float = 0.1, band: float | None = None, fallback: str = "loss-ratio", batch_size: int = 64,
+    def __init__(self, path: str, p: float = 0.1, band: float | None = None, fallback: str | None = None, batch_size: int = 64,
                  needs_saturation: bool = True):
         self.path = path
         # The classifier judges the text, not the training curve, so it may route from the first epoch on
         # (needs_saturation=False: every epoch's misclassified samples are candidates).
         self.needs_saturation = needs_saturation
         self.p = p
+        # None: the band and the fallback saved with the folder (what `nslora policy train` was given) apply;
+        # a value here overrides them for this run. p is the run's routing budget (saturation.p), shared by every
+        # policy; the saved p is the share the saved threshold was fitted to, used when a round has no candidates.
         self.band = band
         self.fallback = fallback
         self.batch_size = batch_size
@@ -63,7 +66,8 @@ class RewardPolicy(Policy):
         probs = [self.proba_[sample_text(v.system, v.question)] for v in views]
         self.threshold_ = budget_threshold(probs, self.p) if probs else float(self.meta_["threshold"])
         self.band_ = float(self.meta_["band"] if self.band is None else self.band)
-        self.fallback_ = build(self.fallback, {}, p=self.p, seed=0).calibrate(views)
+        self.fallback_name_ = self.fallback or str(self.meta_.get("fallback") or "loss-ratio")
+        self.fallback_ = build(self.fallback_name_, {}, p=self.p, seed=0).calibrate(views)
         return self
 
     def decide(self, view: SampleView) -> Decision:
@@ -77,7 +81,7 @@ class RewardPolicy(Policy):
         if abs(prob - thr) < self.band_:
             d = self.fallback_.decide(view)
             return Decision(d.route, d.confidence, f"classifier unsure (P(symbolic)={prob:.3f}, threshold {thr:.3f}, "
-                            f"band {self.band_:.3f}); deferred to {self.fallback}: {d.reason}", "fallback")
+                            f"band {self.band_:.3f}); deferred to {self.fallback_name_}: {d.reason}", "fallback")
         symbolic = prob >= thr
         # Confidence: how far P sits from the threshold, as a share of the room on that side, mapped to [0.5, 1].
         room = (1.0 - thr) if symbolic else thr

@@ -49,9 +49,23 @@ class RewardPolicyConfig:
             raise UserError(f"reward.p={self.p!r} must be a share between 0 and 1 (e.g. 0.1)")
         if not 0.0 <= self.band <= 1.0:
             raise UserError(f"reward.band={self.band!r} must be in [0, 1] (e.g. 0.05; 0 never defers, 1 always does)")
+        check_fallback(self.fallback)
         for name in ("epochs", "lr", "batch_size", "max_length"):
             if not getattr(self, name) > 0:
                 raise UserError(f"reward.{name}={getattr(self, name)!r} must be positive")
+
+
+def check_fallback(name: str) -> None:
+    """The fallback decides inside the band from the training signals alone: a policy that can do that."""
+    from policies.base import resolve
+
+    fix = "use a signal policy: loss-ratio or grad-norm (or a package.module:Class that reads SampleView's signals)"
+    try:
+        cls = resolve(name)
+    except UserError:
+        raise UserError(f"reward.fallback={name!r} is not a policy; {fix}") from None
+    if name == "reward" or getattr(cls, "needs_ground_truth", False) or getattr(cls, "optimizes_shared_system", False):
+        raise UserError(f"reward.fallback={name!r} cannot decide from the signals; {fix}")
 
 
 def check_backbone(backbone: str) -> None:
@@ -136,6 +150,13 @@ def _fit(model, tokenizer, train_ds, cfg: RewardPolicyConfig):
 
 def _save(out: Path, model, tokenizer, cal: dict, threshold: float, cfg: RewardPolicyConfig, pairs, metrics: dict) -> None:
     """The policy folder: model/, calibration.json, policy.json (settings, provenance, held-out metrics)."""
+    from core.atomic import folder_atomic
+
+    with folder_atomic(out) as tmp:  # a policy folder is whole or absent, and an old one is replaced, not mixed in
+        _write_folder(tmp, model, tokenizer, cal, threshold, cfg, pairs, metrics)
+
+
+def _write_folder(out: Path, model, tokenizer, cal: dict, threshold: float, cfg: RewardPolicyConfig, pairs, metrics: dict) -> None:
     from policies.reward.pairs import provenance
 
     train, test = pairs["train"], pairs["test"]
