@@ -53,18 +53,34 @@ def mde(se: float, confidence: float = 0.95, power: float = 0.8) -> float:
     return float((z.inv_cdf(1 - (1 - confidence) / 2) + z.inv_cdf(power)) * se)
 
 
-def paired_bootstrap(diff: np.ndarray, draws: int = 10000, confidence: float = 0.95, seed: int = 0) -> dict[str, float]:
+def design_mde(baseline_accuracy: float, n: int, confidence: float = 0.95, power: float = 0.8) -> float:
+    """The MDE of comparing two arms of n answers each at the baseline's accuracy p, as if unpaired:
+    se = sqrt(2 p (1 - p) / n), p kept at least 1/n from 0 and 1. Pairing can only lower it, so this is what the
+    design could detect when the data give no paired variance to measure (arms identical on every item)."""
+    p = min(max(baseline_accuracy, 1.0 / n), 1.0 - 1.0 / n)
+    return mde(float(np.sqrt(2.0 * p * (1.0 - p) / n)), confidence, power)
+
+
+def paired_bootstrap(diff: np.ndarray, draws: int = 10000, confidence: float = 0.95, seed: int = 0,
+                     baseline: np.ndarray | None = None) -> dict[str, Any]:
     """diff[s, i] = arm minus baseline on item i under seed s (each in {-1, 0, 1} for accuracy).
 
     Returns the mean difference, its percentile interval over `draws` two-level resamples, the bootstrap
-    standard error and the minimum detectable effect at 80% power for this many seeds and items.
+    standard error and the minimum detectable effect at 80% power for this many seeds and items. Arms that agree
+    on every item have no interval (a zero-width one would read as certainty): `identical` is True, and the MDE is
+    the design's (design_mde, from the `baseline` correctness array when given, else at p = 0.5).
     """
     diff = _check(diff, "diff")
+    if not diff.any():
+        p = float(np.mean(baseline)) if baseline is not None else 0.5
+        return {"mean": 0.0, "low": None, "high": None, "se": None, "identical": True,
+                "mde": design_mde(p, diff.size, confidence)}
     estimates = _resampled_means([diff], draws, seed)[:, 0]
     tail = (1.0 - confidence) / 2
     low, high = np.quantile(estimates, [tail, 1.0 - tail])
     se = float(estimates.std(ddof=1))
-    return {"mean": float(diff.mean()), "low": float(low), "high": float(high), "se": se, "mde": mde(se, confidence)}
+    return {"mean": float(diff.mean()), "low": float(low), "high": float(high), "se": se, "mde": mde(se, confidence),
+            "identical": False}
 
 
 def recovered_headroom(arm, floor, ceiling, draws: int = 10000, confidence: float = 0.95, seed: int = 0) -> dict[str, Any]:
@@ -140,7 +156,8 @@ def arm_table(name: str, arms: list[str], seeds: list[int], runs: dict[tuple[str
                     raise ValueError(f"{name}: arm {arm} seed {s} answered other held-out items than {baseline}; "
                                      "the arms of one experiment must share task settings")
             diff = np.array([[facts[(arm, s)]["correct"][i] - base[s]["correct"][i] for i in items] for s in paired])
-            row["delta"] = {**paired_bootstrap(diff, draws, confidence), "seeds": paired,
+            base_correct = np.array([[base[s]["correct"][i] for i in items] for s in paired])
+            row["delta"] = {**paired_bootstrap(diff, draws, confidence, baseline=base_correct), "seeds": paired,
                             "wins": sum(facts[(arm, s)]["final"] > base[s]["final"] for s in paired),
                             "losses": sum(facts[(arm, s)]["final"] < base[s]["final"] for s in paired)}
         row["routing"] = _routing_means([x["routing"] for x in f]) if any(_routes_symbolic(x["policy"]) for x in f) else None
@@ -233,6 +250,8 @@ def _delta(row: dict[str, Any]) -> str:
     d = row.get("delta")
     if not d:
         return "—"
+    if d.get("identical"):
+        return "identical on every item"
     return f"{100 * d['mean']:+.1f} [{100 * d['low']:+.1f}, {100 * d['high']:+.1f}]"
 
 

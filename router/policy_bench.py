@@ -104,7 +104,10 @@ def summary(table: dict[str, Any], arm: str, root: Path) -> str:
     lines.append("held-out accuracy: " + ", ".join(f"{a} {v:.3f}" for a, v in acc.items() if v == v))
     level = round(100 * table["confidence"])
     d = row.get("delta")
-    if d:
+    if d and d.get("identical"):
+        lines.append(f"{arm} - lora-only: identical on every held-out item, no difference to estimate "
+                     f"(the design detects {100 * d['mde']:.1f} points with 80% power)")
+    elif d:
         lines.append(f"{arm} - lora-only: {100 * d['mean']:+.1f} points [{100 * d['low']:+.1f}, {100 * d['high']:+.1f}] "
                      f"({level}% CI; detectable with 80% power: {100 * d['mde']:.1f})")
     rec = row.get("recovered")

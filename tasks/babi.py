@@ -18,6 +18,7 @@ from pathlib import Path
 from core.errors import UserError
 from tasks.base import Sample, Task
 from tasks.files import read_text, shorten
+from tasks.scoring import Candidate, final_answer
 
 DEFAULT_SYSTEM = "Read the story and answer the question with a single word: the name of the place."
 
@@ -233,8 +234,37 @@ POOL_STORIES = 200
 _FILLER = {"a", "an", "the", "in", "at", "to", "into", "inside", "is", "it", "its", "s", "was", "answer", "final", "place", "location", "located"}
 _PLACE_PHRASE = re.compile(r"\b(?:in|at|to|into|inside) the ([a-z]+)")
 _PLACE_WORD = re.compile(rf"\b({'|'.join(PLACES)})\b")
-_DENIED = re.compile(r"\b(?:not|isn't|never|no longer)\s+(?:\w+\s+){0,2}$")  # "not in the ", "isn't in "
+_DENIED = re.compile(r"\b(?:not|isn't|wasn't|never|no longer)\s+(?:\w+\s+){0,2}$")  # "not in the ", "isn't in "
+# Where someone came from, or the place a task-3 question measures from, is not where they are.
+_ORIGIN = re.compile(r"\b(?:from|before|after|leaving|left|out of)\s+(?:the\s+)?$")
 _SPEAKER = re.compile(r"^\s*[a-z]+\s*:\s*")  # "Mary: garden"
+_WORD = re.compile(r"[a-z]+")
+
+
+def _places(sentence: str) -> list[Candidate]:
+    low = sentence.lower()
+    return [Candidate(m.group(1), m.start(), m.end()) for m in _PLACE_WORD.finditer(low)
+            if not _DENIED.search(low[: m.start()]) and not _ORIGIN.search(low[: m.start()])]
+
+
+def _answer_word(sentence: str) -> list[Candidate]:
+    """For a reply that names none of the generator's places: the first word past the filler, or the place of
+    "in the X"; with "or Y" after it, Y too (an offer)."""
+    low = sentence.lower()
+    speaker = _SPEAKER.match(low)
+    words = list(_WORD.finditer(low, speaker.end() if speaker else 0))
+    while words and words[0].group() in _FILLER:
+        words.pop(0)
+    if not words:
+        return []
+    rest = low[words[0].start():]
+    phrase = _PLACE_PHRASE.search(rest) if len(words) > 1 else None
+    if phrase and not _DENIED.search(rest[: phrase.start()]):
+        at = words[0].start() + phrase.start(1)
+        return [Candidate(phrase.group(1), at, at + len(phrase.group(1)))]
+    first = Candidate(words[0].group(), words[0].start(), words[0].end())
+    other = re.match(r"\s*(?:,\s*)?or\s+(?:the\s+)?([a-z]+)", low[first.end:])
+    return [first] + ([Candidate(other.group(1), first.end + other.start(1), first.end + other.end(1))] if other else [])
 
 
 class BabiTask(Task):
@@ -260,29 +290,11 @@ class BabiTask(Task):
         return samples
 
     def extract(self, text: str) -> str:
-        """The place named in the reply: "bathroom", "The bathroom.", "Mary is in the bathroom." all give
-        bathroom; a place the reply denies is skipped ("Not in the kitchen, she is in the garden." gives garden),
-        and a speaker label is not an answer ("Mary: garden" gives garden)."""
-        for sentence in re.findall(r"[^.!?\n]+[.!?]?", text):
-            if sentence.strip().endswith("?"):
-                continue  # an echo of the question ("Where is Mary? ...") is not the answer
-            low = _SPEAKER.sub("", sentence.lower())
-            places = [m for m in _PLACE_WORD.finditer(low) if not _DENIED.search(low[: m.start()])]
-            if places:
-                return places[0].group(1)
-            if _PLACE_WORD.search(low):
-                continue  # only denied places here
-            words = re.findall(r"[a-z]+", low)
-            while words and words[0] in _FILLER:
-                words.pop(0)
-            if not words:
-                continue
-            if len(words) > 1:
-                m = _PLACE_PHRASE.search(" ".join(words))
-                if m and not _DENIED.search(" ".join(words)[: m.start()]):
-                    return m.group(1)
-            return words[0]
-        return ""
+        """The place the reply finally commits to (the rule in tasks.scoring.final_answer): "Mary is in the
+        bathroom." gives bathroom; a denied place or one left is skipped ("Not in the kitchen, she is in the
+        garden.", "from the kitchen to the garden" give garden); "the kitchen or the garden" and "maybe the garden"
+        give none. A reply naming none of the six places gives its first word past the filler."""
+        return final_answer(text, _places if _PLACE_WORD.search(text.lower()) else _answer_word)
 
     def extract_strict(self, text: str) -> str:
         """One word (a leading "the" and a final full stop allowed), else none."""

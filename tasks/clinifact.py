@@ -14,6 +14,7 @@ import re
 from core.errors import UserError
 from tasks.base import Sample, Task
 from tasks.files import read_text, shorten
+from tasks.scoring import Candidate, final_answer
 
 DEFAULT_SYSTEM = "You check clinical-trial claims against a publication abstract. Answer with one word: TRUE, FALSE or NONE."
 
@@ -26,8 +27,21 @@ _COLUMNS = ("claim", "article_abstract", "label")
 _EXPECTED = "a CliniFact CSV file (columns claim, article_abstract, label)"
 _VERDICT = re.compile(r"\b(true|false|none)\b", re.IGNORECASE)
 _NEGATION = re.compile(r"\b(?:not|isn't|is\s+not|never|neither)\s+(?:\w+\s+)?$", re.I)
-# An echo of the answer options: two or more labels joined by a comma, slash or "or".
-_OPTIONS = re.compile(r"\b(true|false|none)\b\s*(?:,|/|\bor\b)\s*\b(true|false|none)\b", re.I)
+
+
+def _verdicts(sentence: str) -> list[Candidate]:
+    """The labels a sentence states: a negated one turned over ("not true" is FALSE), "none" in prose skipped."""
+    out = []
+    for m in _VERDICT.finditer(sentence):
+        word, before, after = m.group(1).upper(), sentence[: m.start()], sentence[m.end():]
+        if word == "NONE" and m.group(1) != "NONE" and re.match(r"\s+(?:of|the|at|in|is|was|were|are)\b", after, re.I):
+            continue  # "none of the ...": prose, not the label
+        if _NEGATION.search(before):
+            if word == "NONE":
+                continue
+            word = "FALSE" if word == "TRUE" else "TRUE"
+        out.append(Candidate(word, m.start(), m.end()))
+    return out
 
 
 def _rows(path: str) -> tuple[list[str], list[list[str]]]:
@@ -93,21 +107,10 @@ class ClinifactTask(Task):
         return samples
 
     def extract(self, text: str) -> str:
-        """The verdict in the reply: the first TRUE / FALSE / NONE as a label, a negated one turned over ("not
-        true" is FALSE), "none" in prose ("none of the patients") not a label, and a reply that lists the
-        options ("TRUE, FALSE or NONE") no verdict at all ('' when none)."""
-        if _OPTIONS.search(text):
-            return ""
-        for m in _VERDICT.finditer(text):
-            word, before, after = m.group(1).upper(), text[: m.start()], text[m.end():]
-            if word == "NONE" and m.group(1) != "NONE" and re.match(r"\s+(?:of|the|at|in|is|was|were|are)\b", after, re.I):
-                continue  # "none of the ...": prose, not the label
-            if _NEGATION.search(before):
-                if word == "NONE":
-                    continue
-                return "FALSE" if word == "TRUE" else "TRUE"
-            return word
-        return ""
+        """The verdict the reply finally commits to (the rule in tasks.scoring.final_answer): TRUE / FALSE / NONE
+        as a label, a negated one turned over ("not true" is FALSE), "none" in prose ("none of the patients") not
+        a label; an echo of the options ("TRUE, FALSE or NONE") or a hedge ("Probably TRUE.") gives none."""
+        return final_answer(text, _verdicts)
 
     def extract_strict(self, text: str) -> str:
         """The label alone, or after 'Answer:' (any case, trailing full stop allowed), else none."""

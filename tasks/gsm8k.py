@@ -13,6 +13,7 @@ import re
 from core.errors import UserError
 from tasks.base import Sample, Task
 from tasks.files import read_text, shorten
+from tasks.scoring import ANSWER_MARKER, Candidate, final_answer
 
 DEFAULT_SYSTEM = "Solve the math word problem step by step if needed, and give the final answer as a number."
 
@@ -26,22 +27,19 @@ _NUMBER = re.compile(r"(?:(?<![\w)])-)?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?")
 _CALC = re.compile(r"<<[^<>]*>>")
 
 
-# Where a reply states its final answer, in order of trust; the first that matches wins.
-_NUM = r"\$?\s*((?:(?<![\w)])-)?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?)"
-_MARKERS = (re.compile(r"####\s*" + _NUM), re.compile(r"\b(?:final\s+)?answer\s*(?:is|:|=)\s*" + _NUM, re.I))
+# Markers that put the answer right after them, in order of trust: the trained form, LaTeX, "the answer is".
+_MARKERS = (re.compile(r"####"), re.compile(r"\\boxed\{"), ANSWER_MARKER)
+_STRICT = re.compile(r"####\s*\$?\s*(" + _NUMBER.pattern + ")")
 # A check of the result after the answer ("Check: 7 = 7 x 1", "Verification: ...") is not the answer.
 _CHECK = re.compile(r"\b(?:check|verify|verification|proof)\b\s*[:.,-]", re.I)
-_HEDGE = re.compile(r"(?:\beither\s+)?" + _NUM + r"\s+or\s+" + _NUM, re.I)
+# A worked step ("48 + 24 = 72") is one candidate, its result: its operands are not answers offered beside it.
+_STEP = re.compile(rf"\$?{_NUMBER.pattern}%?(?:\s*[-+*/\u00d7x\u00f7]\s*\$?{_NUMBER.pattern}%?)*(?:\s*=\s*\$?{_NUMBER.pattern}%?)+|{_NUMBER.pattern}")
+_NOT = re.compile(r"\b(?:not|isn't|never|rather\s+than|instead\s+of)\s+(?:\w+\s+)?\$?$", re.I)
 
 
-def _last_sentence_with_a_number(text: str) -> str:
-    sentences = [x for x in re.split(r"(?<=[.!?])\s+|\n+", text) if _NUMBER.search(x)]
-    return sentences[-1] if sentences else ""
-
-
-def _hedged(text: str) -> bool:
-    """Two different numbers offered as alternatives ("either 8 or 7", "8 or 7")."""
-    return any(canonical_number(a) != canonical_number(b) for a, b in _HEDGE.findall(text))
+def _numbers(sentence: str) -> list[Candidate]:
+    return [Candidate(canonical_number(_NUMBER.findall(m.group())[-1]), m.start(), m.end()) for m in _STEP.finditer(sentence)
+            if not _NOT.search(sentence[: m.start()])]
 
 
 def canonical_number(text: str) -> str:
@@ -127,23 +125,18 @@ class Gsm8kTask(Task):
         return [_parse_record(rec, where, i, cfg.target) for i, (where, rec) in enumerate(records)]
 
     def extract(self, text: str) -> str:
-        """The reply's final answer: the number after '####' or 'the answer is', else the last number before any
-        check of the result ("7. Check: 7 = 7 x 1" gives 7); a hedge between two numbers ("either 8 or 7")
-        gives none, so it never scores right by luck."""
-        for marker in _MARKERS:
-            m = marker.search(text)
-            if m:
-                return canonical_number(m.group(1))
+        """The number the reply finally commits to (the rule in tasks.scoring.final_answer, reasoning first):
+        the one after '####', '\\boxed{' or 'the answer is', else the last, before any check of the result
+        ("7. Check: 7 = 7 x 1" gives 7); a self-correction's number replaces the first ("is 5. Wait, actually it
+        is 6." gives 6); two numbers offered ("either 8 or 7") or a hedge ("maybe 12?") give none."""
         check = _CHECK.search(text)
         body = text[: check.start()] if check and _NUMBER.search(text[: check.start()]) else text
-        found = [canonical_number(n) for n in _NUMBER.findall(body)]
-        if not found or _hedged(_last_sentence_with_a_number(body)):
-            return ""
-        return found[-1]
+        # Numbers side by side in a worked solution are steps ("24, 72"), not options: only "or" offers two.
+        return final_answer(body, _numbers, last=True, markers=_MARKERS, lists_offer=False)
 
     def extract_strict(self, text: str) -> str:
         """The number after '####' (the training format), else none."""
-        m = _MARKERS[0].search(text)
+        m = _STRICT.search(text)
         return canonical_number(m.group(1)) if m else ""
 
     def matches(self, answer: str, sample: Sample) -> bool:

@@ -21,6 +21,7 @@ from typing import Any
 from core.errors import UserError
 from tasks.base import Sample, Task, split
 from tasks.gsm8k import Gsm8kTask
+from tasks.scoring import Candidate, final_answer
 
 FORMATS = {".jsonl": "json", ".json": "json", ".csv": "csv", ".parquet": "parquet"}
 ANSWERS = ("text", "number", "label")
@@ -214,15 +215,16 @@ _NEGATED = re.compile(r"\b(?:not|isn't|is\s+not|never|no)\s+(?:\w+\s+)?$", re.I)
 
 
 def find_label(text: str, labels: list[str]) -> str:
-    """The first label the reply states (whole words, any case), skipping a negated one; a reply that lists two
-    or more labels as options ("yes, no or maybe") states none ('' then)."""
+    """The label the reply finally commits to (whole words, any case; the rule in tasks.scoring.final_answer),
+    a negated one skipped; a reply that offers two or more labels ("yes, no or maybe") or hedges states none."""
     if not labels:
         return ""
     alternatives = "|".join(re.escape(lab) for lab in labels)
     pattern = re.compile(rf"(?<!\w)({alternatives})(?!\w)", re.I)
-    if re.search(rf"(?<!\w)(?:{alternatives})(?!\w)\s*(?:,|/|\bor\b)\s*(?<!\w)(?:{alternatives})(?!\w)", text, re.I):
-        return ""
-    for m in pattern.finditer(text):
-        if not _NEGATED.search(text[: m.start()]):
-            return next(lab for lab in labels if lab.lower() == m.group(1).lower())
-    return ""
+    by_case = {lab.lower(): lab for lab in reversed(labels)}
+
+    def find(sentence: str) -> list[Candidate]:
+        return [Candidate(by_case[m.group(1).lower()], m.start(), m.end()) for m in pattern.finditer(sentence)
+                if not _NEGATED.search(sentence[: m.start()])]
+
+    return final_answer(text, find)

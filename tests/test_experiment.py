@@ -58,7 +58,12 @@ def test_mean_std_is_the_sample_standard_deviation():
 
 
 def test_paired_bootstrap_interval():
-    assert paired_bootstrap(np.zeros((3, 40)), draws=500) == {"mean": 0.0, "low": 0.0, "high": 0.0, "se": 0.0, "mde": 0.0}
+    # Identical arms: no zero-width interval, and the MDE the design could detect (here at 50% baseline accuracy).
+    same = paired_bootstrap(np.zeros((3, 40)), draws=500, baseline=np.tile([0, 1], (3, 20)))
+    assert same["identical"] and same["low"] is None and same["high"] is None
+    assert same["mde"] == pytest.approx((1.959964 + 0.841621) * np.sqrt(2 * 0.25 / 120), rel=1e-4)
+    assert paired_bootstrap(np.zeros((1, 32)), draws=500, baseline=np.zeros((1, 32)))["mde"] > 0.1
+    assert not paired_bootstrap(np.ones((3, 40)), draws=500)["identical"]
     assert paired_bootstrap(np.ones((3, 40)), draws=500)["low"] == 1.0
     rng = np.random.default_rng(1)
     small = rng.choice([-1, 0, 0, 1, 1], size=(3, 30))

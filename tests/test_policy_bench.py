@@ -69,7 +69,7 @@ def test_a_users_policy_and_fault_family_run_through_policy_bench(tiny_dir, user
     # The rule sees every planted (shouted) question and nothing else: perfect precision and recall, every round.
     assert routing["planted"] == 8 and routing["total"]["precision"] == 1.0 and routing["total"]["recall"] == 1.0
     assert routing["cumulative_recall"] == 1.0
-    assert "my_bench_policy-Shouting - lora-only:" in printed and "detectable with 80% power" in printed
+    assert "my_bench_policy-Shouting - lora-only:" in printed and "with 80% power" in printed
     assert "seed  round  candidates" in printed and "faulty samples ever routed: 1.00" in printed
     assert "headroom lora-clean - lora-only" in printed
 
