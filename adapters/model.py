@@ -106,6 +106,22 @@ def _dequantised_cache(folder: str, gguf_file: str, cache_dir: str | None) -> Pa
     return target
 
 
+def load_tokenizer(name_or_path: str, gguf_file: str | None = None, cache_dir: str | None = None):
+    """The tokenizer `load_model` would return, without the model (a GGUF is de-quantised into the cache once)."""
+    from transformers import AutoTokenizer
+
+    folder, gguf = resolve(name_or_path, gguf_file)
+    if gguf:
+        folder = str(_dequantised_cache(folder, gguf, cache_dir))
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(folder)
+    except OSError as e:
+        raise UserError(f"model.name_or_path={name_or_path} could not be loaded ({str(e).splitlines()[0][:160]}); give a folder with config.json and weights") from None
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
 def load_model(name_or_path: str, gguf_file: str | None = None, cache_dir: str | None = None):
     """Return (model, tokenizer, source) with the model in float32 on CPU, eval mode, pad token set."""
     import torch

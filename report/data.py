@@ -11,18 +11,15 @@ import difflib
 import json
 import math
 import re
-import sqlite3
 import statistics
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from report.store_read import LOCK_WAIT, ReportError, read_tables  # noqa: F401  (ReportError: re-exported)
+
 VERDICTS = ("accepted", "rejected", "error", "skipped")
-
-
-class ReportError(Exception):
-    """A run folder that cannot be inspected; the message says why in one line."""
 
 
 @dataclass
@@ -62,16 +59,9 @@ class Run:
         return None
 
 
-def _rows(db: sqlite3.Connection, sql: str) -> list[dict[str, Any]]:
-    try:
-        cur = db.execute(sql)
-    except sqlite3.OperationalError:  # a table an older run did not have
-        return []
-    cols = [c[0] for c in cur.description]
-    return [dict(zip(cols, r)) for r in cur.fetchall()]
-
-
-def load_run(path: str | Path) -> Run:
+def load_run(path: str | Path, wait: float | None = None) -> Run:
+    """The run folder's contents. Tables an older run did not have are empty; a store another process keeps locked
+    is waited for (`wait` seconds, default LOCK_WAIT), then refused in one line, as is any other SQLite error."""
     path = Path(path)
     db_path = path / "run.sqlite"
     if not db_path.is_file():
@@ -87,31 +77,15 @@ def load_run(path: str | Path) -> Run:
             metrics = json.loads((path / "metrics.json").read_text(encoding="utf-8"))
         except json.JSONDecodeError:
             metrics = None
-    # Read-only, so inspecting a run that is still writing never locks it or creates a file.
-    db = sqlite3.connect(f"file:{db_path}?mode=ro", uri=True)
-    try:
-        meta = {}
-        for r in _rows(db, "SELECT key, value FROM meta"):
-            try:
-                meta[r["key"]] = json.loads(r["value"])
-            except (TypeError, json.JSONDecodeError):
-                meta[r["key"]] = r["value"]
-        run = Run(
-            path=path,
-            name=str((config.get("run") or {}).get("name") or path.name),
-            config=config,
-            metrics=metrics,
-            meta=meta,
-            samples=_rows(db, "SELECT * FROM samples ORDER BY split DESC, id"),
-            signals=_rows(db, "SELECT * FROM signals ORDER BY epoch, sample_id"),
-            decisions=_rows(db, "SELECT * FROM decisions ORDER BY epoch, sample_id, path"),
-            rewrites=_rows(db, "SELECT * FROM rewrites ORDER BY epoch, sample_id"),
-            evals=_rows(db, "SELECT * FROM evals ORDER BY epoch, sample_id"),
-            epochs=_rows(db, "SELECT * FROM epochs ORDER BY epoch"),
-            timings=_rows(db, "SELECT * FROM timings ORDER BY epoch, node"),
-        )
-    finally:
-        db.close()
+    tables = read_tables(db_path, LOCK_WAIT if wait is None else wait)
+    meta = {}
+    for r in tables.pop("meta"):
+        try:
+            meta[r["key"]] = json.loads(r["value"])
+        except (TypeError, json.JSONDecodeError):
+            meta[r["key"]] = r["value"]
+    run = Run(path=path, name=str((config.get("run") or {}).get("name") or path.name), config=config, metrics=metrics,
+              meta=meta, **tables)
     for r in run.rewrites:
         try:
             r["scores"] = json.loads(r["scores"]) if r.get("scores") else {}

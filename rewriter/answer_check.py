@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import Any, Callable
 
 from rewriter.engine import failure_kind, one_line
-from rewriter.strategies.base import Meter, RewriteResult, Strategy, failure_reason
+from rewriter.strategies.base import Meter, RewriteResult, Strategy, engine_fault, failure_reason
 
 # An answer needs only a few words; a long reply is the engine explaining itself and costs tokens for nothing.
 ANSWER_TOKENS = 64
@@ -36,6 +36,8 @@ class AnswerChecked(Strategy):
         try:
             reply = ctx.engine.generate(res.new_question, system=system, max_tokens=ANSWER_TOKENS)
         except Exception as e:  # the check did not happen: keep the sample numerical rather than trust it unchecked
+            if not engine_fault(e):
+                raise  # a bug, not a failed call: rewriter.pool stops the round with its traceback
             return self._total(meter, res, "error", f"answer check failed: {failure_reason(e)}", keep=False,
                                failure=failure_kind(e))
         res.scores = {**res.scores, "answer_check": one_line(reply, 80)}

@@ -4,20 +4,22 @@
 
 One job is one sample's whole strategy (all its TextGrad steps, in order) on one worker thread; jobs run side by
 side up to `concurrency`. Results come back in input order. Per-job `calls`/`tokens` are exact under concurrency
-because every engine counts per thread (`usage_detail_here`) and a job never leaves its thread. A job never
-raises: an exception becomes verdict "error"; a job that would start after the budget ran out is "skipped"
-(reason "budget exhausted: ...") without any call.
+because every engine counts per thread (`usage_detail_here`) and a job never leaves its thread. An engine fault
+(rewriter.strategies.base.engine_fault) becomes verdict "error"; a job that would start after the budget ran out is
+"skipped" (reason "budget exhausted: ...") without any call. Any other exception is a bug, not a verdict: no
+further job starts, the ones in flight finish, and RoundStopped is raised from it.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import time
-from concurrent.futures import ThreadPoolExecutor
+import threading
+from concurrent.futures import ThreadPoolExecutor, wait
 from typing import Any, Callable
 
 from rewriter.engine import failure_kind
-from rewriter.strategies.base import RewriteResult, failure_reason
+from rewriter.strategies.base import RewriteResult, engine_fault, failure_reason, stopped
 
 
 def _skipped(reason: str) -> RewriteResult:
@@ -53,7 +55,11 @@ def rewrite_many(
     if concurrency < 1:
         raise ValueError(f"rewrite concurrency={concurrency!r} must be >= 1")
 
-    def run(index: int, sample, ctx) -> RewriteResult:
+    stop = threading.Event()  # set by the first internal error: jobs not started yet are not started
+
+    def run(index: int, sample, ctx) -> RewriteResult | None:
+        if stop.is_set():
+            return None
         start = time.perf_counter()
         if budget is not None:
             why = budget.refuse()
@@ -65,7 +71,10 @@ def rewrite_many(
                 ctx = dataclasses.replace(ctx, engine=budget.wrap(ctx.engine))
         try:
             result = strategy.rewrite(sample, ctx)
-        except Exception as e:  # strategies report their own failures; this catches a broken user strategy
+        except Exception as e:
+            if not engine_fault(e):
+                stop.set()
+                raise stopped(f"rewriting sample {getattr(sample, 'id', sample)!r} with {type(strategy).__name__}", e) from e
             result = RewriteResult(None, None, 0, 0, "error", failure_reason(e), failure=failure_kind(e))
         if result.verdict == "error" and "budget exhausted" in result.reason:
             result.reason = result.reason[result.reason.index("budget exhausted"):]
@@ -79,6 +88,9 @@ def rewrite_many(
         return [run(i, s, c) for i, (s, c) in enumerate(jobs)]
     with ThreadPoolExecutor(max_workers=min(concurrency, len(jobs)), thread_name_prefix="rewrite") as pool:
         futures = [pool.submit(run, i, s, c) for i, (s, c) in enumerate(jobs)]
+        # Every job is waited for before an internal error is raised: the rewrites in flight finish, so the replies
+        # they paid for are in the reply cache when the round runs again.
+        wait(futures)
         return [f.result() for f in futures]
 
 

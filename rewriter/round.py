@@ -3,10 +3,12 @@ front), budget and meaning guard; then, each routing round, the rewrites of its 
 live calls, or one Batch API job) or one update of the shared system prompt.
 
     rw = Rewriter.plan(cfg.rewriter, task="babi")            # strategy resolved and checked; no engine yet
-    rw.open_remote()                                          # openai / your engine: built and checked before any folder exists
+    rw.preflight(remote=True)                                 # guard embedder, strategy, then open_remote(): each exercised
+                                                              # once before any folder exists (one line when one is broken)
     rw.open_local(model, tokenizer)                           # local engine: once the model is loaded
     rw.ready(cache_dir="runs")                                # reply cache and budget
     results = rw.rewrite_round(jobs, workdir, progress)       # jobs: RoundJob(sample, system, question, student_answer)
+                                                              # a bug (not an engine fault) raises RoundStopped
     result = rw.update_system(system, examples)               # the prompt-only arm's shared P
 """
 
@@ -22,13 +24,30 @@ from core import plugins
 from core.errors import UserError
 from rewriter.config import RewriterConfig
 from rewriter.guard import GuardConfig
+from rewriter import guard
 from rewriter.strategies import STRATEGIES, RewriteContext, RewriteResult, Strategy, build_strategy, check_strategy
+from rewriter.strategies.base import Meter, engine_fault, error, failure_reason, stopped
 
 
 # A speed-up from concurrency below this is a server answering one request at a time; CALIBRATION rewrites of the
 # first concurrent round run alone to measure it.
 SERIAL_SPEEDUP = 1.3
 CALIBRATION = 2
+
+
+# What the guard's embedder is tried on before the first epoch.
+_EXAMPLE = ("Mary moved to the bathroom. Where is Mary?", "Mary went to the bathroom. Where is Mary now?")
+
+
+def _exercise(name: str, check) -> None:
+    """Run a strategy's check; a broken rule, or any exception it raises, is one line naming rewriter.strategy."""
+    try:
+        plugins.conformance("rewriter.strategy", name, check)
+    except UserError:
+        raise
+    except Exception as e:
+        raise UserError(f"rewriter.strategy={name!r} fails on an example rewrite before the run "
+                        f"({failure_reason(e)}); fix it, then run again") from None
 
 
 class RoundJob(NamedTuple):
@@ -92,7 +111,7 @@ class Rewriter:
         `score(reply, sample)`: the task's scorer, which `rewriter.answer_check` needs."""
         strategy = build_strategy(rt.strategy, rt.strategy_params)
         if rt.strategy not in STRATEGIES:
-            plugins.conformance("rewriter.strategy", rt.strategy, lambda: check_strategy(strategy))
+            _exercise(rt.strategy, lambda: check_strategy(strategy))
         if rt.batch != "off" and not strategy.batchable:
             raise UserError(f"rewriter.batch={rt.batch!r} needs a one-call strategy (direct, or yours with request/parse), "
                             f"not rewriter.strategy={rt.strategy!r}; set rewriter.batch=off")
@@ -103,6 +122,23 @@ class Rewriter:
 
             strategy = AnswerChecked(strategy, score)
         return cls(cfg=rt, strategy=strategy, task=task, guard=guard_config(rt))
+
+    def preflight(self, remote: bool = False, shared_system: bool = False) -> None:
+        """Before the first epoch, each component a round uses is built and exercised once, so that a broken one is
+        one line (UserError) with nothing trained, rather than an error verdict on every rewrite of a run that then
+        finishes normally: the meaning guard's embedder, a built-in strategy on an example (yours ran its
+        conformance check in `plan`) against a scripted engine, and with `remote` the engine (`open_remote`: the
+        same cheap request the dry run makes, no chat call, so nothing is paid)."""
+        if self.guard.enabled and self.guard.similarity:
+            try:
+                guard.embedder(self.guard.embedding_model).similarity(*_EXAMPLE)
+            except Exception as e:
+                raise UserError(f"rewriter.guard_similarity=true, but the meaning guard's embedder cannot run "
+                                f"({failure_reason(e)}); make it available or set rewriter.guard_similarity=false") from None
+        if self.cfg.strategy in STRATEGIES:
+            _exercise(self.cfg.strategy, lambda: check_strategy(self.strategy, system=shared_system))
+        if remote:
+            self.open_remote()
 
     @property
     def calls_model(self) -> bool:
@@ -148,9 +184,14 @@ class Rewriter:
         if self.cfg.batch != "off":
             from rewriter.batch import rewrite_batch
 
-            results = rewrite_batch(pairs, self.engine, Path(workdir), mode=self.cfg.batch, strategy=self.strategy,
-                                    poll_seconds=self.cfg.batch_poll_seconds, timeout=self.cfg.batch_timeout,
-                                    budget=self.budget)
+            try:
+                results = rewrite_batch(pairs, self.engine, Path(workdir), mode=self.cfg.batch, strategy=self.strategy,
+                                        poll_seconds=self.cfg.batch_poll_seconds, timeout=self.cfg.batch_timeout,
+                                        budget=self.budget)
+            except Exception as e:  # the replies are cached before they are parsed and judged: a rerun pays nothing
+                if engine_fault(e):
+                    raise
+                raise stopped(f"the batch round with {type(self.strategy).__name__}", e) from e
             if progress is not None:
                 progress.update(len(pairs))
             self.last_round = {"seconds": round(time.perf_counter() - start, 3), "busy": None, "concurrency": None}
@@ -189,8 +230,15 @@ class Rewriter:
         return head + rest
 
     def update_system(self, system: str, examples: list[tuple[str, str, str]]) -> RewriteResult:
-        """One update of the shared system prompt from (question, student answer, gold) examples."""
-        return self.strategy.update_system(examples, self.context(system, "", "", ""))
+        """One update of the shared system prompt from (question, student answer, gold) examples. An engine fault is
+        an error verdict; any other exception stops the round (RoundStopped), as in `rewrite_round`."""
+        ctx = self.context(system, "", "", "")
+        try:
+            return self.strategy.update_system(examples, ctx)
+        except Exception as e:
+            if not engine_fault(e):
+                raise stopped(f"the shared system prompt's update with {type(self.strategy).__name__}", e) from e
+            return error(Meter(ctx.engine), e)
 
     @property
     def system_label(self) -> str:

@@ -13,6 +13,7 @@ from adapters.signals import is_saturated, loss_change_ratio
 from adapters.train import Item, Trainer
 from policies.base import Decision, Policy, SampleView
 from rewriter.round import Rewriter, RoundJob
+from rewriter.strategies.base import RoundStopped
 from router.config import Config
 from router.store import Store
 from tasks.base import Sample, Task
@@ -254,7 +255,11 @@ def rewrite(state, ctx: RunContext):
     jobs = [RoundJob(ctx.by_id[i], system, question, answer, bool(ctx.score(answer, ctx.by_id[i])) if ctx.rewriter.calls_model else None,
                      losses.get(i)) for i, (system, question), answer in zip(symbolic, current, answers)]
     if ctx.trainer.is_main:
-        rows, update, versions = shared_round(state, ctx, jobs) if ctx.policy.optimizes_shared_system else sample_round(state, ctx, jobs, prompts)
+        try:
+            rows, update, versions = shared_round(state, ctx, jobs) if ctx.policy.optimizes_shared_system else sample_round(state, ctx, jobs, prompts)
+        except RoundStopped as e:  # nothing of the round is stored: resuming runs it again, paid replies from the cache
+            e.args = (f"{e}; the run is checkpointed before this round: fix the cause, then nslora resume {ctx.run_dir}",)
+            raise
         timing = dict(ctx.rewriter.last_round) if not ctx.policy.optimizes_shared_system else {}
     else:
         rows, update, versions, timing = [], {}, [], {}

@@ -95,7 +95,9 @@ def run(cfg: Config, resume_dir: Path | None = None) -> dict[str, Any]:
     # and the rewriter, the others keep a scratch store and follow its decisions.
     wants_engine = p.policy.routes_symbolic and dist.is_main_process and p.rewriter.calls_model
     remote = wants_engine and cfg.rewriter.engine != "local"
-    _agree(dist, lambda: _user_error(p.rewriter.open_remote) if remote else None)  # refused before any folder exists
+    # The guard's embedder, the strategy and the engine are each exercised once: refused before any folder exists.
+    preflight = lambda: p.rewriter.preflight(remote, shared_system=p.policy.optimizes_shared_system)
+    _agree(dist, lambda: _user_error(preflight) if p.policy.routes_symbolic and dist.is_main_process else None)
     path = resume_dir if resume_dir is not None else (_run_dir(cfg) if dist.is_main_process else None)
     if resume_dir is None:
         _check_disk(cfg)
@@ -271,11 +273,21 @@ def _checkpointer(ctx, path: Path):
 
 
 def dry_run(cfg: Config) -> str:
-    """What a run would spend on the rewriter at most, before anything is loaded or called."""
+    """What a run would spend on the rewriter at most. Every refusal a run makes before its first epoch is made here
+    too, with the same line: the plan, the rewriter's components and endpoint, the run folder, the disk, and the
+    samples' lengths (the tokenizer is loaded, not the model). Nothing is written and no chat call is paid."""
+    from adapters.model import load_tokenizer
     from policies.base import budget_count
     from rewriter.budget import estimate
 
+    _quiet_libraries()  # the guard's embedder and the tokenizer load as in a run: no per-load progress bars
     p = plan(cfg)
+    remote = p.policy.routes_symbolic and p.rewriter.calls_model and cfg.rewriter.engine != "local"
+    if p.policy.routes_symbolic:
+        p.rewriter.preflight(remote, shared_system=p.policy.optimizes_shared_system)
+    _run_dir(cfg)
+    _check_disk(cfg)
+    _fit_lengths(p, load_tokenizer(cfg.model.name_or_path, cfg.model.gguf_file, cfg.model.cache_dir), cfg)
     if not p.policy.routes_symbolic:
         return f"policy {cfg.policy.name} never rewrites: 0 LLM calls, cost $0"
     rounds = max(0, cfg.train.epochs - cfg.saturation.min_epoch + 1) if p.policy.needs_saturation else cfg.train.epochs
@@ -305,18 +317,9 @@ def dry_run(cfg: Config) -> str:
                      + "; when reached, the remaining symbolic samples stay numerical")
     if kind == "openai" and est["calls"] and not est["priced"]:
         lines.append(f"no price known for rewriter.model={cfg.rewriter.model}: the cost above is not an estimate; add it to rewriter.prices")
-    return "\n".join(lines + _probe(p, cfg))
-
-
-def _probe(p: Plan, cfg: Config) -> list[str]:
-    """Whether the rewriter's endpoint answers now (one cheap request, as a run's start makes); nothing written."""
-    if cfg.rewriter.engine == "local" or not p.rewriter.calls_model:
-        return []
-    try:
-        p.rewriter.open_remote()
-    except UserError as e:
-        return [f"endpoint: no answer: {e}"]
-    return [f"endpoint: {p.rewriter.engine_name} answered"]
+    if remote:  # preflight above refused an endpoint that does not answer
+        lines.append(f"endpoint: {p.rewriter.engine_name} answered")
+    return "\n".join(lines)
 
 
 def _agree(dist, check) -> None:

@@ -111,7 +111,8 @@ def test_answer_check_refuses_batch_mode(tmp_path, capsys):
 
 def test_dry_run_counts_the_check_call(tiny_dir, tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("NSLORA_TEST_KEY", KEY)
-    cfg = write_config(tmp_path, tiny_dir, "http://127.0.0.1:9/v1", rewriter={"strategy": "direct", "answer_check": True})
-    assert main(["run", str(cfg), "--dry-run"]) == 0
+    with FakeOpenAI() as srv:
+        cfg = write_config(tmp_path, tiny_dir, srv.base_url, rewriter={"strategy": "direct", "answer_check": True})
+        assert main(["run", str(cfg), "--dry-run"]) == 0
     # 12 samples, p = 0.25 -> 3 a round, 2 rounds; direct: 1 call + 1 check.
     assert "~12 LLM calls" in capsys.readouterr().out

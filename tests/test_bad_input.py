@@ -7,8 +7,10 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 import socket
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -16,6 +18,8 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import conftest  # noqa: E402,F401  (environment before anything imports textgrad)
 from router.cli import main  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def _gsm(tmp: Path, rows=None, raw: bytes | None = None) -> str:
@@ -34,6 +38,24 @@ def _clinifact(tmp: Path, rows, columns=("id", "claim", "article_abstract", "lab
         w.writerow(columns)
         w.writerows(rows)
     return str(p)
+
+
+def _jsonl(tmp: Path, rows) -> str:
+    p = tmp / "rows.jsonl"
+    p.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return str(p)
+
+
+def _dataset_dict(tmp: Path) -> str:
+    import datasets
+
+    rows = [{"prompt": "p", "completion": "c"}] * 2
+    datasets.DatasetDict({"train": datasets.Dataset.from_list(rows), "test": datasets.Dataset.from_list(rows)}).save_to_disk(str(tmp / "dd"))
+    return str(tmp / "dd")
+
+
+def _tree(root: Path) -> dict[str, float]:
+    return {str(p.relative_to(root)): p.stat().st_mtime_ns for p in root.rglob("*")}
 
 
 def _closed_port() -> int:
@@ -77,24 +99,82 @@ CASES = [
     ("unreachable rewriter endpoint", lambda t: ["run", "--set", "rewriter.engine=openai", "--set", "rewriter.strategy=direct", "--set", f"rewriter.base_url=http://127.0.0.1:{_closed_port()}/v1"], ["unreachable"]),
     ("resume of a folder that is not a run", lambda t: ["resume", str(t)], ["is not a run folder"]),
     ("policy folder that does not exist", lambda t: ["policy", "show", str(t / "no-policy")], ["no-policy"]),
+    ("user engine not importable", lambda t: ["run", "--set", "rewriter.strategy=direct", "--set", "rewriter.engine=no_such_pkg.mod:Eng"],
+     ["rewriter.engine", "cannot be imported"]),
+    ("user strategy not importable", lambda t: ["run", "--set", "rewriter.strategy=no_such_pkg.mod:Strat"], ["rewriter.strategy", "cannot be imported"]),
+    ("sft task without a data file", lambda t: ["run", "--set", "task.name=sft"], ["task.name=sft needs task.path"]),
+    ("sft row with an empty prompt", lambda t: ["run", "--set", "task.name=sft", "--set", f"task.path={_jsonl(t, [{'prompt': ' ', 'completion': 'x'}] * 3)}"],
+     ["rows.jsonl row 1", "empty prompt"]),
+    ("sft rows without known columns", lambda t: ["run", "--set", "task.name=sft", "--set", f"task.path={_jsonl(t, [{'q': 'a', 'a': 'b'}] * 3)}"],
+     ["rows.jsonl row 1", "found columns a, q", "prompt_column"]),
+    ("sft answer mode unknown", lambda t: ["run", "--set", "task.name=sft", "--set", "task.params.answer=regex",
+                                           "--set", f"task.path={_jsonl(t, [{'prompt': 'p', 'completion': 'c'}] * 3)}"], ["task.params.answer='regex'"]),
+    ("eval --limit below 1", lambda t: ["eval", "smollm2-135m-instruct", "--task", "babi", "--data", "x.txt", "--limit", "0"], ["--limit=0 must be >= 1"]),
+    ("eval of a base model without --task", lambda t: ["eval", "smollm2-135m-instruct", "--data", "x.txt"], ["--task is needed"]),
+    ("eval of a DatasetDict without --split", lambda t: ["eval", "smollm2-135m-instruct", "--task", "sft", "--data", _dataset_dict(t)],
+     ["is a DatasetDict with splits train, test", "--split"]),
+    ("eval --split of a one-file task", lambda t: ["eval", "smollm2-135m-instruct", "--task", "babi", "--data", "x.txt", "--split", "test"],
+     ["--split test: task babi reads one file"]),
+    ("eval --param without '='", lambda t: ["eval", "smollm2-135m-instruct", "--task", "sft", "--data", "x.jsonl", "--param", "answer"],
+     ["--param 'answer': write it as key=value"]),
+    ("eval folder that exists", lambda t: (t / "ev" / "old").mkdir(parents=True) or
+     ["eval", "smollm2-135m-instruct", "--task", "babi", "--data", "x.txt", "--out", str(t / "ev")], ["ev already exists", "--overwrite"]),
+    ("export without a target", lambda t: ["export", str(t)], ["needs --merged DIR, --gguf FILE and / or --trl FILE"]),
+    ("export onto an existing file", lambda t: (t / "mine.jsonl").write_text("mine") and ["export", str(t), "--trl", str(t / "mine.jsonl")],
+     ["--trl:", "mine.jsonl already exists", "--overwrite"]),
+    ("export of a folder that is not a run", lambda t: ["export", str(t), "--trl", str(t / "out.jsonl")], ["has no augmented.jsonl"]),
+    ("policy train onto an existing folder", lambda t: (t / "pol").mkdir() or (t / "pol" / "x").write_text("x") and
+     ["policy", "train", str(t), "--out", str(t / "pol")], ["--out:", "pol already exists"]),
+    ("policy train with a fallback that is not a policy", lambda t: ["policy", "train", str(t), "--out", str(t / "p"), "--fallback", "smart"],
+     ["reward.fallback='smart' is not a policy"]),
+    ("policy train with the oracle as fallback", lambda t: ["policy", "train", str(t), "--out", str(t / "p"), "--fallback", "oracle"],
+     ["reward.fallback='oracle' cannot decide from the signals"]),
+    ("policy train with p above 1", lambda t: ["policy", "train", str(t), "--out", str(t / "p"), "--p", "2"], ["reward.p=2.0 must be a share"]),
+    ("policy bench with no jobs", lambda t: ["policy", "bench", "loss-ratio", "--jobs", "0"], ["--jobs=0 must be >= 1"]),
+    ("experiment with no jobs", lambda t: ["experiment", str(ROOT / "configs" / "experiments" / "babi.yaml"), "--jobs", "0"], ["--jobs=0 must be >= 1"]),
 ]
 
 
-@pytest.mark.parametrize("kind,make,words", CASES, ids=[c[0] for c in CASES])
-def test_bad_input_gets_one_line_and_exit_2(kind, make, words, tmp_path, capsys, monkeypatch):
+def _refusal(make, tmp_path, capsys, monkeypatch, extra=()) -> tuple[int, str, list]:
+    tmp_path.mkdir(parents=True, exist_ok=True)
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("OPENAI_API_KEY", "sk-test-SECRET-bad-input")
     argv = make(tmp_path)
     if argv[0] == "run":
-        argv = [*argv, "--set", f"run.out_dir={tmp_path / 'runs'}"]
+        argv = [*argv, "--set", f"run.out_dir={tmp_path / 'runs'}", *extra]
+    before = _tree(tmp_path)
     code = main(argv)
     err = capsys.readouterr().err.strip()
+    assert _tree(tmp_path) == before, "a refused command wrote something"
+    return code, err, argv
+
+
+@pytest.mark.parametrize("kind,make,words", CASES, ids=[c[0] for c in CASES])
+def test_bad_input_gets_one_line_and_exit_2(kind, make, words, tmp_path, capsys, monkeypatch):
+    code, err, _ = _refusal(make, tmp_path, capsys, monkeypatch)
     assert code == 2, err
     assert err.startswith("nslora: error: ") and "\n" not in err and "Traceback" not in err
     for w in words:
         assert w in err, (w, err)
     assert "SECRET" not in err
     assert not (tmp_path / "runs").exists()
+
+
+def _is_run(make) -> bool:
+    with tempfile.TemporaryDirectory() as d:
+        return make(Path(d))[0] == "run"
+
+
+RUN_CASES = [c for c in CASES if _is_run(c[1])]
+
+
+@pytest.mark.parametrize("kind,make,words", RUN_CASES, ids=[c[0] for c in RUN_CASES])
+def test_a_dry_run_refuses_what_the_run_refuses_with_the_same_line(kind, make, words, tmp_path, capsys, monkeypatch):
+    run_code, run_err, _ = _refusal(make, tmp_path / "a", capsys, monkeypatch)
+    dry_code, dry_err, _ = _refusal(make, tmp_path / "b", capsys, monkeypatch, extra=["--dry-run"])
+    # Each side made its own case: its own temporary folder, and a closed port of its own.
+    same = lambda err, t: re.sub(r"127\.0\.0\.1:\d+", "127.0.0.1:PORT", err.replace(str(t), "TMP"))
+    assert run_code == 2 and (dry_code, same(dry_err, tmp_path / "b")) == (run_code, same(run_err, tmp_path / "a"))
 
 
 def test_sample_longer_than_the_context_is_refused(tiny_dir, tmp_path, capsys):

@@ -120,16 +120,18 @@ def test_rounds_are_timed_as_rounds_and_a_serial_server_is_found(tiny_dir, tmp_p
     assert "no price" in capsys.readouterr().out
 
 
-def test_dry_run_says_whether_the_endpoint_answers(tiny_dir, tmp_path, monkeypatch, capsys):
+def test_dry_run_refuses_an_endpoint_that_does_not_answer_and_says_one_that_does(tiny_dir, tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("NSLORA_TEST_KEY", KEY)
     cfg = write_config(tmp_path, tiny_dir, "http://127.0.0.1:9/v1")
-    assert main(["run", str(cfg), "--dry-run"]) == 0
-    out = capsys.readouterr().out
-    assert "endpoint: no answer: rewriter endpoint http://127.0.0.1:9/v1 is unreachable" in out
-    assert "no price known for rewriter.model=fake-model" in out
+    # An endpoint that does not answer is refused by the dry run as by the run: the same line, exit 2.
+    assert main(["run", str(cfg), "--dry-run"]) == 2
+    err = capsys.readouterr().err
+    assert "rewriter endpoint http://127.0.0.1:9/v1 is unreachable" in err and err.count("\n") == 1
+    assert main(["run", str(cfg)]) == 2 and capsys.readouterr().err == err
     with FakeOpenAI() as srv:
         cfg = write_config(tmp_path, tiny_dir, srv.base_url)
         assert main(["run", str(cfg), "--dry-run"]) == 0
         assert srv.chat_requests() == []  # the probe lists models; no chat request is paid for
-    assert "endpoint: openai:fake-model@127.0.0.1:" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "endpoint: openai:fake-model@127.0.0.1:" in out and "no price known for rewriter.model=fake-model" in out
     assert not (tmp_path / "runs").exists()

@@ -66,8 +66,10 @@ def test_unhelpful_rewrites_are_reverted_and_recorded(tiny_dir, tmp_path, monkey
 
 def test_dry_run_estimates_and_writes_nothing(tiny_dir, tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("NSLORA_TEST_KEY", KEY)
-    cfg = write_config(tmp_path, tiny_dir, "http://127.0.0.1:9/v1", rewriter={"max_cost": 1.0})
-    assert main(["run", str(cfg), "--dry-run"]) == 0
+    with FakeOpenAI() as srv:
+        cfg = write_config(tmp_path, tiny_dir, srv.base_url, rewriter={"max_cost": 1.0})
+        assert main(["run", str(cfg), "--dry-run"]) == 0
+        assert srv.chat_requests() == []
     out = capsys.readouterr().out
     # 12 samples, p = 0.25 → 3 a round, epochs 3 from min_epoch 2 → 2 rounds; textgrad: 4 calls a question.
     assert "up to 2 routing rounds x 3 symbolic samples" in out and "~24 LLM calls" in out and "rewriter.max_cost=1.0" in out

@@ -57,9 +57,10 @@ def test_concurrency_overlaps_the_waits(fake_openai):
     assert elapsed < 1.2  # sequential: 8 x 0.25 = 2 s
 
 
-def test_a_broken_strategy_is_an_error_not_a_crash(fake_openai):
+def test_a_broken_strategy_stops_the_round_rather_than_fail_every_sample(fake_openai):
     from core.errors import UserError
     from rewriter.strategies import DirectStrategy
+    from rewriter.strategies.base import RoundStopped
 
     class Broken(DirectStrategy):
         def rewrite(self, sample, ctx):
@@ -67,9 +68,8 @@ def test_a_broken_strategy_is_an_error_not_a_crash(fake_openai):
                 raise RuntimeError("boom")
             return super().rewrite(sample, ctx)
 
-    results = rewrite_many(jobs_for(engine(fake_openai), 3), Broken(), concurrency=2)
-    assert [r.verdict for r in results] == ["accepted", "error", "accepted"]
-    assert "RuntimeError: boom" in results[1].reason
+    with pytest.raises(RoundStopped, match="RuntimeError: boom"):
+        rewrite_many(jobs_for(engine(fake_openai), 3), Broken(), concurrency=2)
     with pytest.raises(UserError, match="rewriter.strategy='nope' is not a built-in"):
         rewrite_many([], "nope")
 

@@ -11,15 +11,18 @@ A strategy is a small class (`__init__` only stores settings, from `rewriter.str
                                                                   # the Batch API path (rewriter.batch) can send
 
 Name it in config as `rewriter.strategy=my_pkg.module:MyStrategy`; `check_strategy` runs on it before the run.
+An engine fault (`engine_fault`: EngineError, network errors, out of memory) fails one rewrite, verdict "error";
+any other exception a strategy raises is a bug and stops the round (RoundStopped) with its traceback.
 """
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal, get_args
 
 from rewriter import guard
-from rewriter.engine import cache_hits_of, failure_kind, usage_detail_of
+from rewriter.engine import EngineError, cache_hits_of, failure_kind, usage_detail_of
 
 # skipped: not attempted (budget exhausted before the rewrite started); the sample stays numerical.
 Verdict = Literal["accepted", "rejected", "error", "skipped"]
@@ -94,6 +97,37 @@ def failure_reason(e: BaseException) -> str:
     return f"{type(e).__name__}: {text}"
 
 
+class RoundStopped(Exception):
+    """A component of the symbolic branch failed with an internal error (a bug, a missing model), not an engine or
+    network fault: the round stops here with the cause's traceback, rather than turning every rewrite into an
+    error verdict and finishing a run that rewrote nothing. Raised `from` the cause."""
+
+
+# (module, class) of the libraries' own call failures; looked up only once the module is imported, since an
+# exception of a library that was never imported cannot occur.
+_LIBRARY_FAULTS = (("openai", "OpenAIError"), ("httpx", "HTTPError"), ("torch", "OutOfMemoryError"))
+
+
+def engine_fault(e: BaseException) -> bool:
+    """Whether an exception met while rewriting is the engine's, the network's or the server's fault, which fails
+    one rewrite (verdict "error", the sample stays numerical), rather than a bug that fails them all: the engine
+    contract's EngineError (HTTP, timeouts, malformed replies, the budget, an open circuit), OS-level network errors
+    (ConnectionError, TimeoutError, requests'), running out of memory, and the HTTP libraries' own errors."""
+    if isinstance(e, (EngineError, OSError, MemoryError)):
+        return True
+    for module, name in _LIBRARY_FAULTS:
+        cls = getattr(sys.modules.get(module), name, None)
+        if isinstance(cls, type) and isinstance(e, cls):
+            return True
+    return False
+
+
+def stopped(what: str, e: BaseException) -> RoundStopped:
+    """The RoundStopped for an internal error `e` met in `what` (raise it `from e`: the traceback is the cause's)."""
+    return RoundStopped(f"{what} failed with an internal error, not an engine fault ({failure_reason(e)}); the round "
+                        "stopped before recording any rewrite")
+
+
 def judge(ctx: RewriteContext, meter: Meter, new_question: str | None, new_system: str | None) -> RewriteResult:
     """Run the guard on what a strategy produced and package the result (with the guard's scores)."""
     scores: dict[str, Any] = {}
@@ -114,9 +148,12 @@ def judge(ctx: RewriteContext, meter: Meter, new_question: str | None, new_syste
 
 
 def error(meter: Meter, e: BaseException | str, kind: str = "other") -> RewriteResult:
-    """A failed rewrite: an exception (its kind read from it) or a reason with its kind."""
+    """A failed rewrite: an engine fault (its kind read from it) or a reason with its kind. Any other exception is
+    raised again: a bug caught by a strategy's `except Exception` must not pass for one failed rewrite."""
     if isinstance(e, str):
         return meter.result(None, None, "error", e, failure=kind)
+    if not engine_fault(e):
+        raise e
     return meter.result(None, None, "error", failure_reason(e), failure=failure_kind(e))
 
 
@@ -165,9 +202,9 @@ def _check_result(res, where: str) -> None:
         assert res.new_question is not None or res.new_system is not None, f"{where}: an accepted rewrite needs new text"
 
 
-def check_strategy(strategy, sample=None) -> None:
+def check_strategy(strategy, sample=None, system: bool = True) -> None:
     """Conformance check for any strategy (built-in or yours). Raises AssertionError naming the broken rule.
-    Runs `rewrite` (and `update_system`) once on an example, against a scripted engine: no network."""
+    Runs `rewrite` (and with `system`, `update_system`) once on an example, against a scripted engine: no network."""
     kind = type(strategy).__name__
     assert isinstance(getattr(strategy, "calls_model", None), bool), f"{kind}.calls_model must be a bool class attribute"
     assert callable(getattr(strategy, "rewrite", None)), f"{kind} needs a method rewrite(sample, ctx) -> RewriteResult"
@@ -182,5 +219,5 @@ def check_strategy(strategy, sample=None) -> None:
     ctx = RewriteContext(engine=engine, system="Answer with one word.", question=question, gold="bathroom",
                          student_answer="hallway", guard=guard.GuardConfig(similarity=False))
     _check_result(strategy.rewrite(sample, ctx), f"{kind}.rewrite")
-    if callable(getattr(strategy, "update_system", None)):
+    if system and callable(getattr(strategy, "update_system", None)):
         _check_result(strategy.update_system([(question, "hallway", "bathroom")], ctx), f"{kind}.update_system")

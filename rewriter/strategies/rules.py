@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import re
 
-from rewriter.strategies.base import Meter, RewriteContext, RewriteResult, Strategy, error, judge
+from rewriter.strategies.base import Meter, RewriteContext, RewriteResult, Strategy, judge
 from tasks.controlled import canonical
 
 BABI_HINT = "Answer with one word: the place."
@@ -125,10 +125,8 @@ class RulesStrategy(Strategy):
         meter = Meter(ctx.engine)
         task = detect(sample, ctx)
         rule = RULES.get(task, generic)
-        try:
-            new_question = rule(ctx.question)
-        except Exception as e:  # a question the rule cannot parse: report, keep the sample numerical
-            return error(meter, e)
+        # No engine here, so an exception is a bug in a rule: it stops the round (rewriter.pool) with its traceback.
+        new_question = rule(ctx.question)
         new_system = system_prompt(ctx.system, task) if ctx.optimize_system else None
         return judge(ctx, meter, new_question, new_system)
 

@@ -11,7 +11,8 @@ from __future__ import annotations
 
 from functools import cache
 
-from rewriter.engines import as_textgrad, import_textgrad
+from rewriter.engine import EngineError, one_line
+from rewriter.engines import TG_TAG, as_textgrad, import_textgrad
 from rewriter.strategies.base import Meter, RewriteContext, RewriteResult, Strategy, error, judge
 
 # textgrad repeats the role in every prompt it builds, so it is short; the constraints carry the details.
@@ -75,7 +76,12 @@ def _classes():
 
 
 def _step(tg, engine, variable, constraints) -> str:
-    tg.TGD(parameters=[variable], engine=engine, constraints=constraints).step()
+    try:
+        tg.TGD(parameters=[variable], engine=engine, constraints=constraints).step()
+    except IndexError as e:
+        # textgrad's only IndexError here: the reply had no tags. The built-in engines refuse such a reply
+        # themselves (`expect`); an engine that ignores `expect` lets it through, and it is still the reply's fault.
+        raise EngineError(f"malformed reply: no {TG_TAG} ({one_line(str(e), 120)})", kind="malformed") from None
     return variable.value
 
 
@@ -97,7 +103,7 @@ class TextGradStrategy(Strategy):
             loss.backward(engine)
             new_question = _step(tg, engine, question, QUESTION_CONSTRAINTS)
             new_system = _step(tg, engine, system, SYSTEM_CONSTRAINTS) if ctx.optimize_system else None
-        except Exception as e:  # a failed rewrite (no tags, HTTP error, empty reply) must not stop the run
+        except Exception as e:  # an engine fault (no tags, HTTP error, empty reply) fails this rewrite; a bug is raised again
             return error(meter, e)
         return judge(ctx, meter, new_question, new_system)
 
