@@ -213,7 +213,6 @@ def tiny_dir(tmp_path_factory):
 if __name__ == "__main__":
     import contextlib
     import io
-    import tempfile
 
     print("| bad input | message |\n| --- | --- |")
     for kind, make, _ in CASES:
