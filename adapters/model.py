@@ -106,37 +106,42 @@ def _dequantised_cache(folder: str, gguf_file: str, cache_dir: str | None) -> Pa
     return target
 
 
-def load_tokenizer(name_or_path: str, gguf_file: str | None = None, cache_dir: str | None = None):
-    """The tokenizer `load_model` would return, without the model (a GGUF is de-quantised into the cache once)."""
-    from transformers import AutoTokenizer
-
-    folder, gguf = resolve(name_or_path, gguf_file)
-    if gguf:
-        folder = str(_dequantised_cache(folder, gguf, cache_dir))
+def _loaded(name_or_path: str, load):
+    """load() with a folder that will not load said in one line."""
     try:
-        tokenizer = AutoTokenizer.from_pretrained(folder)
+        return load()
     except OSError as e:
         raise UserError(f"model.name_or_path={name_or_path} could not be loaded ({str(e).splitlines()[0][:160]}); give a folder with config.json and weights") from None
+
+
+def _tokenizer(folder: str, name_or_path: str):
+    from transformers import AutoTokenizer
+
+    tokenizer = _loaded(name_or_path, lambda: AutoTokenizer.from_pretrained(folder))
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer
 
 
+def local_folder(name_or_path: str, gguf_file: str | None = None, cache_dir: str | None = None) -> str:
+    """The folder the model loads from (a GGUF is de-quantised into the cache once)."""
+    folder, gguf = resolve(name_or_path, gguf_file)
+    return str(_dequantised_cache(folder, gguf, cache_dir)) if gguf else folder
+
+
+def load_tokenizer(name_or_path: str, gguf_file: str | None = None, cache_dir: str | None = None):
+    """The tokenizer `load_model` would return, without the model."""
+    return _tokenizer(local_folder(name_or_path, gguf_file, cache_dir), name_or_path)
+
+
 def load_model(name_or_path: str, gguf_file: str | None = None, cache_dir: str | None = None):
     """Return (model, tokenizer, source) with the model in float32 on CPU, eval mode, pad token set."""
     import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM
 
-    folder, gguf = resolve(name_or_path, gguf_file)
-    if gguf:
-        folder = str(_dequantised_cache(folder, gguf, cache_dir))
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(folder)
-        model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)
-    except OSError as e:
-        raise UserError(f"model.name_or_path={name_or_path} could not be loaded ({str(e).splitlines()[0][:160]}); give a folder with config.json and weights") from None
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
+    folder = local_folder(name_or_path, gguf_file, cache_dir)
+    tokenizer = _tokenizer(folder, name_or_path)
+    model = _loaded(name_or_path, lambda: AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32))
     model.config.pad_token_id = tokenizer.pad_token_id
     model.eval()
     return model, tokenizer, folder
