@@ -24,6 +24,7 @@ def add_commands(subparsers) -> None:
     ins.add_argument("--sample", metavar="ID", help="add one sample's whole trajectory (losses, C1, C2, decisions, rewrites)")
     ins.add_argument("--out", metavar="FILE", help="where to write the HTML report (default RUN_DIR/report.html)")
     ins.add_argument("--no-html", action="store_true", help="only print the terminal summary")
+    ins.add_argument("--overwrite", action="store_true", help="replace --out even if it is not an ns-lora report page")
     cmp = subparsers.add_parser(
         "compare", help="compare runs: held-out accuracy, training time, LLM calls and cost",
         description="One table of several runs (e.g. lora-only vs NS-LoRA vs textgrad-only) and an HTML page with "
@@ -31,6 +32,7 @@ def add_commands(subparsers) -> None:
     cmp.add_argument("run_dirs", nargs="+", metavar="RUN_DIR")
     cmp.add_argument("--out", metavar="FILE", default="compare.html", help="the HTML page (default ./compare.html)")
     cmp.add_argument("--no-html", action="store_true", help="only print the table")
+    cmp.add_argument("--overwrite", action="store_true", help="replace --out even if it is not an ns-lora report page")
 
 
 def run_command(args: argparse.Namespace, console=None) -> int:
@@ -52,6 +54,10 @@ def _inspect(args, console) -> int:
     from report import data as D
     from report import terminal
 
+    if args.out and not args.no_html:  # before anything is read
+        from report.html import check_out
+
+        check_out(args.out, getattr(args, "overwrite", False))
     run = D.load_run(args.run_dir)
     if args.sample:
         D.trajectory(run, args.sample)  # a bad id fails before anything is written
@@ -59,7 +65,8 @@ def _inspect(args, console) -> int:
     if not args.no_html:
         from report.html import render_run, write_atomic
 
-        out = write_atomic(Path(args.out) if args.out else Path(args.run_dir) / "report.html", render_run(run, args.sample))
+        out = write_atomic(Path(args.out) if args.out else Path(args.run_dir) / "report.html", render_run(run, args.sample),
+                           overwrite=getattr(args, "overwrite", False))
     console = terminal._console(console)
     terminal.print_inspect(run, console, report_path=out)
     if args.sample:
@@ -71,13 +78,17 @@ def _compare(args, console) -> int:
     from report import data as D
     from report import terminal
 
+    if not args.no_html:
+        from report.html import check_out
+
+        check_out(args.out, getattr(args, "overwrite", False))
     runs = [D.load_run(d) for d in args.run_dirs]
     console = terminal._console(console)
     console.print(terminal.compare_table([D.summary(r) for r in runs]))
     if not args.no_html:
         from report.html import render_compare, write_atomic
 
-        out = write_atomic(args.out, render_compare(runs))
+        out = write_atomic(args.out, render_compare(runs), overwrite=getattr(args, "overwrite", False))
         console.print(f"HTML page: {out}")
     return 0
 

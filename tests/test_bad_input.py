@@ -130,6 +130,8 @@ CASES = [
     ("policy train with the oracle as fallback", lambda t: ["policy", "train", str(t), "--out", str(t / "p"), "--fallback", "oracle"],
      ["reward.fallback='oracle' cannot decide from the signals"]),
     ("policy train with p above 1", lambda t: ["policy", "train", str(t), "--out", str(t / "p"), "--p", "2"], ["reward.p=2.0 must be a share"]),
+    ("compare onto a file that is not a report", lambda t: (t / "notes.html").write_text("<p>mine</p>") and
+     ["compare", str(t), "--out", str(t / "notes.html")], ["notes.html exists and is not an ns-lora report page", "--overwrite"]),
     ("policy bench with no jobs", lambda t: ["policy", "bench", "loss-ratio", "--jobs", "0"], ["--jobs=0 must be >= 1"]),
     ("experiment with no jobs", lambda t: ["experiment", str(ROOT / "configs" / "experiments" / "babi.yaml"), "--jobs", "0"], ["--jobs=0 must be >= 1"]),
 ]

@@ -155,3 +155,19 @@ def test_the_run_store_and_checkpoints_commit_with_full_sync(tmp_path):
     store = Store(tmp_path / "run.sqlite")
     assert store.db.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL
     store.close()
+
+
+def test_a_report_page_replaces_an_earlier_page_but_not_a_users_file(tmp_path):
+    from report.html import _page, write_atomic
+
+    page = tmp_path / "compare.html"
+    write_atomic(page, _page("one", "", "<p>1</p>"))
+    write_atomic(page, _page("two", "", "<p>2</p>"))  # a rerun replaces its own page without --overwrite
+    assert "<p>2</p>" in page.read_text()
+    mine = tmp_path / "notes.html"
+    mine.write_text("<p>mine</p>")
+    with pytest.raises(UserError, match="notes.html exists and is not an ns-lora report page"):
+        write_atomic(mine, _page("x", "", ""))
+    assert mine.read_text() == "<p>mine</p>"
+    write_atomic(mine, _page("x", "", "<p>x</p>"), overwrite=True)
+    assert "<p>x</p>" in mine.read_text()
