@@ -1,4 +1,4 @@
-"""Per-sample training signals as pure functions: loss, correctness, C1, saturation.
+"""Per-sample training signals as pure functions: loss, correctness, C1, saturation, training dynamics.
 
 Everything here works on tensors or plain numbers and is tested without a trainer.
 """
@@ -53,3 +53,58 @@ def is_saturated(c1_by_epoch: list[dict[str, float | None]], misclassified: set[
         return False, None
     median = statistics.median(values)
     return median < k, median
+
+
+# ------------------------------------------------------------------------------------ training dynamics
+
+# Per epoch, from the training forward's logits (no extra pass): each is a mean over the sample's answer tokens.
+TOKEN_STATS = ("p_gold", "margin", "el2n")
+
+
+@torch.no_grad()
+def answer_token_stats(logits: torch.Tensor, labels: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Each sample's mean over its answer tokens of: the gold token's probability (`p_gold`, dataset cartography's
+    confidence for one epoch), the gold logit minus the largest other logit (`margin`, what AUM averages over
+    epochs) and the L2 distance of the predicted distribution from the one-hot gold token (`el2n`). NaN for a
+    sample without answer tokens. Only answer positions are softmaxed, so the cost is theirs, not the sequence's."""
+    shift_logits, shift_labels = logits[:, :-1, :], labels[:, 1:]
+    mask = shift_labels != -100
+    rows = mask.nonzero(as_tuple=True)
+    picked, gold = shift_logits[rows].float(), shift_labels[rows]  # (answer tokens, vocab), (answer tokens,)
+    probs = picked.softmax(dim=-1)
+    p_gold = probs.gather(1, gold[:, None])[:, 0]
+    gold_logit = picked.gather(1, gold[:, None])[:, 0]
+    other = picked.scatter(1, gold[:, None], float("-inf")).max(dim=1).values
+    el2n = (probs.pow(2).sum(dim=1) - 2 * p_gold + 1).clamp(min=0).sqrt()  # ||p - e_gold||, without building e_gold
+    counts = mask.sum(dim=1).float()
+    out = {}
+    for name, per_token in (("p_gold", p_gold), ("margin", gold_logit - other), ("el2n", el2n)):
+        sums = torch.zeros(mask.shape[0], dtype=torch.float32, device=logits.device).index_add_(0, rows[0], per_token)
+        out[name] = torch.where(counts > 0, sums / counts.clamp(min=1), torch.full_like(sums, float("nan")))
+    return out
+
+
+def _finite(values) -> list[float]:
+    return [float(v) for v in values if v is not None and math.isfinite(v)]
+
+
+def dynamics(history: list[dict]) -> dict[str, float | None]:
+    """A sample's training dynamics over the epochs so far, from its per-epoch signals rows (oldest first, each with
+    `correct` and, where recorded, `p_gold`, `margin`, `el2n`):
+    `confidence` and `variability` (mean and population std of p_gold over epochs: Swayamdipta et al. 2020),
+    `correct_share` (share of epochs argmax-correct), `forgetting` (right -> wrong transitions: Toneva et al. 2019),
+    `aum` (mean margin over epochs: Pleiss et al. 2020; negative for a sample the model keeps contradicting),
+    `el2n` (after the first epoch: Paul et al. 2021). None where no epoch recorded the statistic."""
+    p = _finite(r.get("p_gold") for r in history)
+    margins = _finite(r.get("margin") for r in history)
+    correct = [bool(r["correct"]) for r in history if r.get("correct") is not None]
+    first_el2n = _finite([history[0].get("el2n")]) if history else []
+    mean = statistics.fmean(p) if p else None
+    return {
+        "confidence": mean,
+        "variability": statistics.pstdev(p) if p else None,
+        "correct_share": sum(correct) / len(correct) if correct else None,
+        "forgetting": float(sum(a and not b for a, b in zip(correct, correct[1:]))) if correct else None,
+        "aum": statistics.fmean(margins) if margins else None,
+        "el2n": first_el2n[0] if first_el2n else None,
+    }

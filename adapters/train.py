@@ -6,12 +6,12 @@ from __future__ import annotations
 
 import random
 from contextlib import nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
 from adapters.lora import PerSampleGradNorm, naive_grad_norms
-from adapters.signals import per_sample_loss
+from adapters.signals import TOKEN_STATS, answer_token_stats, per_sample_loss
 
 
 @dataclass(frozen=True)
@@ -67,6 +67,12 @@ def batches(items: list[Item], batch_size: int, seed: int) -> list[list[Item]]:
     return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
 
 
+def _rows(stats: dict[str, torch.Tensor]) -> list[dict[str, float]]:
+    """Per-sample dicts of the token statistics of one chunk."""
+    columns = {k: stats[k].tolist() for k in TOKEN_STATS}
+    return [{k: columns[k][i] for k in TOKEN_STATS} for i in range(len(columns[TOKEN_STATS[0]]))]
+
+
 class NonFiniteLoss(RuntimeError):
     """Too many non-finite losses in a row: the run cannot make progress and stops with a clear message."""
 
@@ -76,6 +82,7 @@ class StepSignals:
     loss: float
     correct: bool
     grad_norm: float | None
+    stats: dict[str, float] = field(default_factory=dict)  # adapters.signals.TOKEN_STATS, from the same forward
 
 
 class Trainer:
@@ -144,16 +151,17 @@ class Trainer:
         idle = not local
         chunks = self._chunks(local or batch_items[:1])
         if not self.train_weights:
-            losses, correct = [], []
+            losses, correct, stats = [], [], []
             with torch.no_grad():
                 for enc in chunks:
                     logits = self.model(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"]).logits
                     l, c = per_sample_loss(logits, enc["labels"])
                     losses += l.tolist()
                     correct += c.tolist()
-            return self._collect(local, losses, correct, [None] * len(local))
+                    stats += _rows(answer_token_stats(logits, enc["labels"]))
+            return self._collect(local, losses, correct, [None] * len(local), stats)
         self.model.train()
-        losses, correct, norms = [], [], []
+        losses, correct, norms, stats = [], [], [], []
         for enc in chunks:
             naive = self._naive_norms(enc) if self.grad_norm == "naive" and not idle else None
             with self.grad_norms.capture() if self.grad_norm == "fast" else nullcontext():
@@ -166,8 +174,9 @@ class Trainer:
                     finite = self.accelerator.gather(finite).min().reshape(1)
                 losses += chunk_losses.detach().tolist()
                 correct += chunk_correct.tolist()
+                stats += _rows(answer_token_stats(logits.detach(), enc["labels"]))
                 if not bool(finite.item()):
-                    return self._skip(local, losses, correct)
+                    return self._skip(local, losses, correct, stats)
                 self.accelerator.backward(loss)
             if self.grad_norm == "fast":
                 norms += self.grad_norms.norms(scale=n_global / self.world).tolist()
@@ -180,7 +189,7 @@ class Trainer:
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         self.model.eval()
-        return self._collect(local, losses, correct, [] if idle else norms)
+        return self._collect(local, losses, correct, [] if idle else norms, stats)
 
     def _chunks(self, items: list[Item]) -> list[dict[str, torch.Tensor]]:
         size = self.micro_batch or len(items)
@@ -190,7 +199,7 @@ class Trainer:
             out.append({k: v.to(self.accelerator.device) for k, v in enc.items()})
         return out
 
-    def _skip(self, local, losses, correct) -> dict[str, StepSignals]:
+    def _skip(self, local, losses, correct, stats) -> dict[str, StepSignals]:
         # A non-finite loss would poison the adapter; every process skips the update together.
         self.optimizer.zero_grad(set_to_none=True)
         self.skipped_steps += 1
@@ -199,11 +208,11 @@ class Trainer:
             raise NonFiniteLoss(
                 f"training stopped: {self.nonfinite_in_a_row} steps in a row had a non-finite loss "
                 f"({self.skipped_steps} skipped in all); lower train.lr or check the data, then start again")
-        return self._collect(local, losses, correct, [None] * len(local))
+        return self._collect(local, losses, correct, [None] * len(local), stats)
 
-    def _collect(self, local: list[Item], losses, correct, norms) -> dict[str, StepSignals]:
-        mine = [(it.id, StepSignals(float(l), bool(c), None if n is None else float(n)))
-                for it, l, c, n in zip(local, losses, correct, norms)]
+    def _collect(self, local: list[Item], losses, correct, norms, stats) -> dict[str, StepSignals]:
+        mine = [(it.id, StepSignals(float(l), bool(c), None if n is None else float(n), st))
+                for it, l, c, n, st in zip(local, losses, correct, norms, stats)]
         return dict(self._gather(mine))
 
     def _naive_norms(self, enc) -> torch.Tensor:

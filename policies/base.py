@@ -42,6 +42,9 @@ class SampleView:
     question: str = ""
     rewrites: int = 0
     extra: dict[str, Any] = field(default_factory=dict)
+    # Training dynamics over the epochs so far (adapters.signals.dynamics): confidence, variability, correct_share,
+    # forgetting, aum, el2n; a value is None where no epoch recorded it.
+    dynamics: dict[str, float | None] = field(default_factory=dict)
 
 
 class Policy:
@@ -133,6 +136,10 @@ def example_views(n: int = 20) -> list[SampleView]:
     views = []
     for i in range(n):
         c1 = None if i == 0 else (-0.5 + i / n)
+        # Dynamics as three epochs would give them; the first sample's are all missing, as an older run's would be.
+        dyn = dict.fromkeys(("confidence", "variability", "correct_share", "forgetting", "aum", "el2n")) if i == 0 else {
+            "confidence": (i * 3 % n) / n, "variability": 0.05 + (i % 4) / 10, "correct_share": (i % 4) / 3,
+            "forgetting": float(i % 2), "aum": -1.0 + 2 * i / n, "el2n": 1.2 - i / n}
         views.append(SampleView(id=f"ex{i}", epoch=3, loss=1.0 + i / n, c1=c1, c2=0.1 + (i * 7 % n) / n, correct=False,
-                                losses=(2.0, 1.0 + i / n), system="Answer briefly.", question=f"Question {i}?"))
+                                losses=(2.0, 1.0 + i / n), system="Answer briefly.", question=f"Question {i}?", dynamics=dyn))
     return views

@@ -168,18 +168,19 @@ def sample_table(run: D.Run, sample_id: str):
 
     tr = D.trajectory(run, sample_id)
     t = Table(title=f"Sample {sample_id}", title_justify="left", header_style="bold")
-    for col in ("epoch", "v", "loss", "C1", "C2", "ok", "decision", "rewrite"):
+    for col in ("epoch", "v", "loss", "C1", "C2", "p(gold)", "margin", "ok", "decision", "rewrite"):
         t.add_column(col, justify="right" if col not in ("decision", "rewrite") else "left",
                      no_wrap=col not in ("decision", "rewrite"))
-    t.caption = "v: prompt version (0 = original) · ok: teacher-forced answer correct"
+    t.caption = ("v: prompt version (0 = original) · p(gold), margin: the answer tokens' mean gold probability and gold "
+                 "logit minus the largest other (training dynamics) · ok: teacher-forced answer correct")
     decisions = {}
     for d in tr["decisions"]:
         decisions.setdefault(d["epoch"], []).append(f"{d['route']} ({d['path']})")
     rewrites = {r["epoch"]: f"{r['verdict']}: {r['reason']}" for r in tr["rewrites"]}
     for s in tr["signals"]:
         e = s["epoch"]
-        t.add_row(str(e), str(s["prompt_version"]), _num(s["loss"]), _num(s["c1"]), _num(s["c2"]),
-                  "yes" if s["correct"] else "no", ", ".join(decisions.get(e, [])), rewrites.get(e, ""))
+        t.add_row(str(e), str(s["prompt_version"]), _num(s["loss"]), _num(s["c1"]), _num(s["c2"]), _num(s.get("p_gold")),
+                  _num(s.get("margin")), "yes" if s["correct"] else "no", ", ".join(decisions.get(e, [])), rewrites.get(e, ""))
     return t
 
 

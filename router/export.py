@@ -24,6 +24,7 @@ def augmented_rows(ctx, state) -> list[dict[str, Any]]:
     from router.nodes import current_prompts
 
     prompts = current_prompts(state, ctx)
+    dyn = ctx.store.dynamics([s.id for s in ctx.train], state["epoch"])  # each sample's training dynamics, for data maps
     rows = []
     for s in ctx.train:
         p = prompts[s.id]
@@ -31,7 +32,7 @@ def augmented_rows(ctx, state) -> list[dict[str, Any]]:
         rows.append({"id": s.id, "system": system, "question": p["question"], "answer": s.answer,
                      "target": s.target, "version": p["version"], "original_system": s.system,
                      "original_question": s.question, "rewritten": p["version"] > 0 or bool(shared),
-                     "provenance": json.dumps(rewrites.get(s.id, [])),
+                     "provenance": json.dumps(rewrites.get(s.id, [])), "dynamics": json.dumps(dyn[s.id]),
                      **(as_row(s, system, p["question"]) if as_row is not None else {})})
     return rows
 

@@ -5,11 +5,12 @@ Every row goes to run.sqlite through Store methods."""
 from __future__ import annotations
 
 import json
+import math
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from adapters.signals import is_saturated, loss_change_ratio
+from adapters.signals import TOKEN_STATS, is_saturated, loss_change_ratio
 from adapters.train import Item, Trainer
 from policies.base import Decision, Policy, SampleView
 from rewriter.round import Rewriter, RoundJob
@@ -121,6 +122,10 @@ def score_reply(ctx: RunContext, epoch: int, sample, reply: str) -> dict[str, An
             "correct": headline, "strict": strict, "flexible": flexible}
 
 
+def _finite_or_none(x: float | None) -> float | None:
+    return x if x is not None and math.isfinite(x) else None
+
+
 def train_epoch(state, ctx: RunContext):
     """One pass of LoRA steps over the training samples on their current prompts; per-sample signals stored."""
     cfg = ctx.cfg
@@ -136,7 +141,8 @@ def train_epoch(state, ctx: RunContext):
     for s in ctx.train:
         sig = signals[s.id]
         rows.append({"epoch": epoch, "sample_id": s.id, "prompt_version": prompts[s.id]["version"], "loss": sig.loss,
-                     "c1": loss_change_ratio(sig.loss, before.get(s.id)), "c2": sig.grad_norm, "correct": int(sig.correct)})
+                     "c1": loss_change_ratio(sig.loss, before.get(s.id)), "c2": sig.grad_norm, "correct": int(sig.correct),
+                     **{k: _finite_or_none(sig.stats.get(k)) for k in TOKEN_STATS}})
     ctx.store.add_signals(rows)
     n = len(rows)
     ctx.store.add_epoch({"epoch": epoch, "train_loss": sum(r["loss"] for r in rows) / n,
@@ -209,6 +215,7 @@ def views(state, ctx: RunContext, sample_ids: list[str]) -> list[SampleView]:
     epoch = state["epoch"]
     rows = ctx.store.signals_at(epoch)
     history = ctx.store.loss_histories(sample_ids)
+    dyn = ctx.store.dynamics(sample_ids, epoch)
     prompts = current_prompts(state, ctx, sample_ids)
     out = []
     for i in sample_ids:
@@ -218,7 +225,7 @@ def views(state, ctx: RunContext, sample_ids: list[str]) -> list[SampleView]:
         extra = {"fault": ctx.by_id[i].meta.get("fault") if p["version"] == 0 else None} if ctx.policy.needs_ground_truth else {}
         out.append(SampleView(id=i, epoch=epoch, loss=row["loss"], c1=row["c1"], c2=row["c2"], correct=bool(row["correct"]),
                               losses=tuple(history.get(i, ())), system=system_for(state, p), question=p["question"],
-                              rewrites=p["version"], extra=extra))
+                              rewrites=p["version"], extra=extra, dynamics=dyn[i]))
     return out
 
 

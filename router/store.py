@@ -19,7 +19,8 @@ CREATE TABLE IF NOT EXISTS samples (
 );
 CREATE TABLE IF NOT EXISTS signals (
   epoch INTEGER NOT NULL, sample_id TEXT NOT NULL, prompt_version INTEGER NOT NULL,
-  loss REAL, c1 REAL, c2 REAL, correct INTEGER NOT NULL, PRIMARY KEY (epoch, sample_id)
+  loss REAL, c1 REAL, c2 REAL, correct INTEGER NOT NULL, p_gold REAL, margin REAL, el2n REAL,
+  PRIMARY KEY (epoch, sample_id)
 );
 CREATE TABLE IF NOT EXISTS decisions (
   epoch INTEGER NOT NULL, sample_id TEXT NOT NULL, policy TEXT NOT NULL, route TEXT NOT NULL,
@@ -66,6 +67,7 @@ class Store:
         # round wall times) get them empty.
         for table, names in (("samples", {"fault": "TEXT"}), ("evals", {"strict": "INTEGER", "flexible": "INTEGER"}),
                              ("rewrites", {"failure": "TEXT"}),
+                             ("signals", {"p_gold": "REAL", "margin": "REAL", "el2n": "REAL"}),
                              ("epochs", {"round_seconds": "REAL", "round_busy_seconds": "REAL", "round_concurrency": "INTEGER"})):
             columns = {r[1] for r in self.db.execute(f"PRAGMA table_info({table})")}
             for name, kind in names.items():
@@ -242,6 +244,18 @@ class Store:
         for kind, n in self.db.execute("SELECT failure, COUNT(*) FROM rewrites WHERE failure IS NOT NULL GROUP BY failure"):
             out[f"failed_{kind}"] = n
         return dict(sorted(out.items()))
+
+    def dynamics(self, sample_ids: list[str], upto: int) -> dict[str, dict[str, float | None]]:
+        """Each sample's training dynamics over epochs 1..upto (adapters.signals.dynamics), in one query."""
+        from adapters.signals import dynamics
+
+        wanted = set(sample_ids)
+        rows: dict[str, list[dict]] = {i: [] for i in sample_ids}
+        for r in self.query("SELECT sample_id, correct, p_gold, margin, el2n FROM signals WHERE epoch BETWEEN 1 AND ? "
+                            "ORDER BY epoch", (upto,)):
+            if r["sample_id"] in wanted:
+                rows[r["sample_id"]].append(r)
+        return {i: dynamics(h) for i, h in rows.items()}
 
     def loss_histories(self, sample_ids: list[str]) -> dict[str, list[float]]:
         """Each sample's loss per epoch, oldest first, in one query."""

@@ -49,3 +49,9 @@ def test_scale_bench_measures_each_size_and_a_full_run():
         assert r["graph_sqlite_mb"] > 0 and r["report_html_mb"] > 0 and r["inspect_s"] > 0 and r["inspect_peak_rss_mb"] > 0
     assert out["head"]["growth"][0]["from"] == 40 and out["head"]["growth"][0]["to"] == 80
     assert out["head"]["full_run"]["stubbed_trainer"] is False and out["head"]["full_run"]["rounds"]
+
+
+def test_dynamics_cost_bench_times_both_on_the_same_batches():
+    out = _json_line(["bench/dynamics_cost.py", "--model", "tiny", "--rounds", "3"])
+    assert out["rounds"] == 3 and out["step_ms_median"] > 0 and out["stats_ms_median"] > 0
+    assert out["stats_share_of_step_median"] > 0 and out["goal"] == 0.02
