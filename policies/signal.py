@@ -70,3 +70,29 @@ class GradNormPolicy(_Ranked):
         if view.c2 is None:
             return -math.inf
         return -view.c2 if self.direction == "low" else view.c2
+
+
+@register
+class CartographyPolicy(_Ranked):
+    """Dataset cartography over the epochs so far: the hard-to-learn region (low confidence and low variability of
+    the gold answer's probability), where Swayamdipta et al. (2020) found the label errors, goes symbolic first."""
+
+    name = "cartography"
+    signal = "cartography (1 - confidence - variability)"
+
+    def score(self, view):
+        c, v = view.dynamics.get("confidence"), view.dynamics.get("variability")
+        return -math.inf if c is None else 1.0 - c - (v or 0.0)
+
+
+@register
+class AumPolicy(_Ranked):
+    """Area under the margin (Pleiss et al. 2020): the samples whose gold answer the model keeps contradicting
+    (the lowest mean margin over the epochs so far) go symbolic first."""
+
+    name = "aum"
+    signal = "AUM (mean gold-logit margin)"
+
+    def score(self, view):
+        a = view.dynamics.get("aum")
+        return -math.inf if a is None else -a

@@ -34,6 +34,8 @@ ARMS: dict[str, dict[str, Any]] = {
     "textgrad-only": {"policy.name": "textgrad-only"},
     "loss-ratio": {"policy.name": "loss-ratio"},
     "grad-norm": {"policy.name": "grad-norm"},
+    "cartography": {"policy.name": "cartography"},
+    "aum": {"policy.name": "aum"},
     "reward": {"policy.name": "reward"},
     # The classifier judges the text, so it need not wait for saturation: it routes from the first epoch.
     "reward-early": {"policy.name": "reward", "policy.params.needs_saturation": False},

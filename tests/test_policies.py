@@ -34,6 +34,19 @@ def test_loss_ratio_sends_least_progress_and_grad_norm_sends_smallest_norm():
     assert {v.id for v in views if high.decide(v).route == "symbolic"} == {v.id for v in sorted(views, key=lambda v: v.c2)[-2:]}
 
 
+def test_dynamics_policies_send_the_hard_to_learn_and_the_contradicted():
+    views = example_views(20)
+    carto = build("cartography", {}, p=0.1, seed=0).calibrate(views)
+    scored = [v for v in views if v.dynamics["confidence"] is not None]
+    hard = sorted(scored, key=lambda v: v.dynamics["confidence"] + v.dynamics["variability"])[:2]
+    assert {v.id for v in views if carto.decide(v).route == "symbolic"} == {v.id for v in hard}
+    aum = build("aum", {}, p=0.1, seed=0).calibrate(views)
+    lowest = sorted(scored, key=lambda v: v.dynamics["aum"])[:2]
+    assert {v.id for v in views if aum.decide(v).route == "symbolic"} == {v.id for v in lowest}
+    # A view without dynamics (an older run's) is never among the first sent.
+    assert all(p.decide(views[0]).route == "numerical" for p in (carto, aum))
+
+
 def test_random_is_reproducible_by_seed_and_differs_across_seeds():
     views = example_views(40)
     pick = lambda seed: {v.id for v in views if build("random", {}, p=0.25, seed=seed).calibrate(views).decide(v).route == "symbolic"}
