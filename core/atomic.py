@@ -55,6 +55,18 @@ def open_atomic(path: str | os.PathLike, mode: str = "w", encoding: str | None =
     fsync_dir(path.parent)
 
 
+def put_file(tmp: str | os.PathLike, path: str | os.PathLike) -> Path:
+    """Put a finished file that a library wrote under a temporary name in place: synced, renamed, folder synced."""
+    fd = os.open(os.fspath(tmp), os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(tmp, path)
+    fsync_dir(Path(path).parent)
+    return Path(path)
+
+
 def write_text(path: str | os.PathLike, text: str) -> Path:
     with open_atomic(path) as f:
         f.write(text)

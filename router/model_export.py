@@ -9,7 +9,6 @@ reloaded folder must give the adapter's logits on the run's held-out prompts bef
 
 from __future__ import annotations
 
-import os
 import sqlite3
 from pathlib import Path
 from typing import Any
@@ -128,12 +127,9 @@ def _save_gguf(merged, tokenizer, out: Path, qtype: str, prompts, expected) -> d
         tmp.unlink()
         raise UserError(f"the GGUF model's logits differ from the adapter's by {relative:.1%} of their scale (over "
                         f"{GGUF_TOLERANCE[qtype]:.0%}); nothing was written to {out}")
-    from core.atomic import fsync_dir
+    from core.atomic import put_file
 
-    with open(tmp, "rb+") as f:
-        os.fsync(f.fileno())
-    tmp.replace(out)
-    fsync_dir(out.parent)
+    put_file(tmp, out)
     return {**info, "gguf": str(out), "gguf_relative_logit_difference": relative, "gguf_same_next_token": same_top}
 
 

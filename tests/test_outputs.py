@@ -147,6 +147,11 @@ def test_the_atomic_writer_syncs_file_and_folder_and_leaves_nothing_on_failure(t
     assert (tmp_path / "folder" / "x").read_text() == "1" and sorted(p.name for p in tmp_path.iterdir()) == ["folder", "sub"]
     with pytest.raises(UserError, match="already exists; choose another path or pass --overwrite"):
         atomic.refuse_existing(target, "--out")
+    written = tmp_path / "sub" / ".lib.tmp"
+    written.write_text("from a library")
+    synced.clear()
+    atomic.put_file(written, tmp_path / "sub" / "lib.bin")
+    assert synced == [str(written), str(target.parent)] and (tmp_path / "sub" / "lib.bin").read_text() == "from a library"
 
 
 def test_the_run_store_and_checkpoints_commit_with_full_sync(tmp_path):
