@@ -55,3 +55,15 @@ class TrainConfig:
         require(self.eval_every >= 0, f"train.eval_every={self.eval_every!r} must be >= 0 (0: only before and after training)")
         require(self.max_grad_norm is None or self.max_grad_norm > 0, f"train.max_grad_norm={self.max_grad_norm!r} must be > 0, or null for no clipping")
         require(self.max_nonfinite_steps >= 1, f"train.max_nonfinite_steps={self.max_nonfinite_steps!r} must be >= 1")
+
+
+@dataclass
+class SignalsConfig:
+    inputs: bool = option(True, "Measure each training prompt with the frozen base model (adapter off) before training, and each accepted rewrite: the question's perplexity, the answer's loss with and without the prompt, IFD (adapters/inputs.py). One no-grad forward per prompt.")
+    planted_share: float = option(0.25, "Share of the training samples copied with a presentation fault planted (policies/planted.py): the copies are only read by the base model, never trained on, and teach the presentation detector what a badly presented prompt looks like on your data; metrics.json reports how well it finds them. 0: off. Needs signals.inputs.")
+    planted_families: list[str] = option(["shuffled", "phrasing", "distractors", "noise"], "Fault families planted into the copies, taking turns: the controlled benchmark's built-ins (tasks/controlled.py, applied sentence by sentence to any text) or your own as 'package.module:function' taking (sample, rng).")
+
+    def __post_init__(self):
+        require(0.0 <= self.planted_share <= 1.0, f"signals.planted_share={self.planted_share!r} must be in [0, 1]")
+        require(not self.planted_share or self.inputs, "signals.planted_share needs signals.inputs: true (the copies are read by the base model); set planted_share: 0 or inputs: true")
+        require(bool(self.planted_families) or not self.planted_share, "signals.planted_families is empty; name at least one family, or set signals.planted_share: 0")

@@ -225,6 +225,17 @@ class Trainer:
         norms = naive_grad_norms(self.model, one, enc["input_ids"].shape[0])
         return norms.detach()
 
+    def input_signals(self, prompts: list[tuple[str, str, str, str]], batch_size: int) -> dict[str, dict[str, float | None]]:
+        """adapters.inputs.input_signals of (key, system, question, target) under the base model: the adapter is off
+        for the pass. Every process measures its share; all get every result."""
+        from adapters.inputs import input_signals
+
+        model = self.accelerator.unwrap_model(self.model)
+        off = model.disable_adapter() if callable(getattr(model, "disable_adapter", None)) else nullcontext()
+        with off:
+            mine = input_signals(model, self.tokenizer, prompts[self.rank :: self.world], batch_size)
+        return dict(self._gather(sorted(mine.items())))
+
     def train_epoch(self, items: list[Item], batch_size: int, seed: int, progress=None) -> dict[str, StepSignals]:
         out: dict[str, StepSignals] = {}
         from core.interrupt import Interrupted, stop_requested

@@ -11,7 +11,7 @@ forced from epoch 2 (two routing rounds), ~90% of the samples misclassified (the
 Every N runs in a fresh process (its module imports from the checkout measured). Prints one JSON line: per tree
 and N, the routing round (end of monitor to start of rewrite, per round) in s and ms per candidate, the rewrite
 node in s and ms per rewrite, graph.sqlite and run.sqlite in MB, inspect's wall s and peak RSS MB, report.html MB,
-and growth ratios between consecutive N.
+the data map's PNG in kB, and growth ratios between consecutive N.
 """
 
 from __future__ import annotations
@@ -30,7 +30,8 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def _stub_trainer() -> None:
-    """Signals from a hash of (sample, epoch): loss falls by a sample-specific rate, 1 in 10 samples is right."""
+    """Signals from a hash of (sample, epoch): loss falls by a sample-specific rate, 1 in 10 samples is right; the
+    base-model input signals from a hash of the question."""
     from adapters import train
 
     def train_epoch(self, items, batch_size, seed, progress=None):
@@ -39,10 +40,21 @@ def _stub_trainer() -> None:
         for it in items:
             h = int(hashlib.sha256(it.id.encode()).hexdigest()[:8], 16)
             rate = 0.5 + (h % 1000) / 2000
-            out[it.id] = train.StepSignals(loss=2.0 * rate ** epoch, correct=h % 10 == 0, grad_norm=0.1 + (h % 97) / 97)
+            p = min(1.0, (h % 89) / 89 * (1 + epoch / 4))
+            out[it.id] = train.StepSignals(loss=2.0 * rate ** epoch, correct=h % 10 == 0, grad_norm=0.1 + (h % 97) / 97,
+                                           stats={"p_gold": p, "margin": 2 * p - 1, "el2n": 1 - p})
+        return out
+
+    def input_signals(self, prompts, batch_size):
+        out = {}
+        for key, _, question, _ in prompts:
+            h = int(hashlib.sha256(question.encode()).hexdigest()[:8], 16)
+            q = 2.0 + (h % 100) / 50
+            out[key] = {"q_nll": q, "q_top": 2 * q, "a_loss": 1.0 + (h % 7) / 7, "a_alone": 2.0, "ifd": (1.0 + (h % 7) / 7) / 2}
         return out
 
     train.Trainer.train_epoch = train_epoch
+    train.Trainer.input_signals = input_signals
     train.Trainer.generate = lambda self, prompts, *a, **k: ["" for _ in prompts]
 
 
@@ -118,7 +130,8 @@ def one(n: int, stub: bool, out: Path) -> dict:
             "route_s": mean("route_s"), "route_ms_per_candidate": mean("route_ms_per_candidate"),
             "rewrite_s": mean("rewrite_s"), "rewrite_ms_each": mean("rewrite_ms_each") if all(r["rewrites"] for r in rounds) else None,
             "graph_sqlite_mb": mb(run / "checkpoints" / "graph.sqlite"), "run_sqlite_mb": mb(run / "run.sqlite"),
-            "inspect_s": round(inspected["s"], 2), "inspect_peak_rss_mb": round(inspected["rss"] / 1024), "report_html_mb": mb(run / "report.html")}
+            "inspect_s": round(inspected["s"], 2), "inspect_peak_rss_mb": round(inspected["rss"] / 1024), "report_html_mb": mb(run / "report.html"),
+            "datamap_png_kb": round((run / "report-datamap.png").stat().st_size / 1024, 1) if (run / "report-datamap.png").is_file() else None}
 
 
 def _measure(tree: Path, n: int, stub: bool) -> dict:

@@ -45,6 +45,9 @@ class SampleView:
     # Training dynamics over the epochs so far (adapters.signals.dynamics): confidence, variability, correct_share,
     # forgetting, aum, el2n; a value is None where no epoch recorded it.
     dynamics: dict[str, float | None] = field(default_factory=dict)
+    # What the frozen base model makes of the current prompt (adapters.inputs, measured before training and for each
+    # accepted rewrite): q_nll, q_top, a_loss, a_alone, ifd; empty when signals.inputs is off.
+    inputs: dict[str, float | None] = field(default_factory=dict)
 
 
 class Policy:
@@ -140,6 +143,9 @@ def example_views(n: int = 20) -> list[SampleView]:
         dyn = dict.fromkeys(("confidence", "variability", "correct_share", "forgetting", "aum", "el2n")) if i == 0 else {
             "confidence": (i * 3 % n) / n, "variability": 0.05 + (i % 4) / 10, "correct_share": (i % 4) / 3,
             "forgetting": float(i % 2), "aum": -1.0 + 2 * i / n, "el2n": 1.2 - i / n}
+        inputs = {} if i == 1 else {"q_nll": 2.0 + (i * 5 % n) / n, "q_top": 6.0 + (i * 3 % n) / 4, "a_loss": 0.5 + i / n,
+                                    "a_alone": 2.0, "ifd": (0.5 + i / n) / 2.0}  # the second sample was not measured
         views.append(SampleView(id=f"ex{i}", epoch=3, loss=1.0 + i / n, c1=c1, c2=0.1 + (i * 7 % n) / n, correct=False,
-                                losses=(2.0, 1.0 + i / n), system="Answer briefly.", question=f"Question {i}?", dynamics=dyn))
+                                losses=(2.0, 1.0 + i / n), system="Answer briefly.", question=f"Question {i}?", dynamics=dyn,
+                                inputs=inputs))
     return views

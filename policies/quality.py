@@ -22,9 +22,11 @@ def _prf(tp: float, routed: float, relevant: float) -> tuple[float | None, float
     return precision, recall, 2 * precision * recall / (precision + recall)
 
 
-def round_quality(decisions: list[tuple[str, str]], faults: dict[str, str | None]) -> dict[str, Any]:
+def round_quality(decisions: list[tuple[str, str]], faults: dict[str, str | None],
+                  kinds: dict[str, str | None] | None = None) -> dict[str, Any]:
     """One round: decisions are (sample id, route) of its candidates; faults maps sample id -> family or None
-    (a sample missing from it is clean)."""
+    (a sample missing from it is clean); kinds marks the knowledge samples (hard but clean: a negative, so
+    routing one symbolic is a false positive; counted apart too)."""
     n = len(decisions)
     routed = {i for i, route in decisions if route == "symbolic"}
     faulty = {i for i, _ in decisions if faults.get(i)}
@@ -37,19 +39,21 @@ def round_quality(decisions: list[tuple[str, str]], faults: dict[str, str | None
         fam = by_family.setdefault(str(faults[i]), {"candidates": 0, "routed": 0})
         fam["candidates"] += 1
         fam["routed"] += i in routed
+    knowledge = {i for i, _ in decisions if (kinds or {}).get(i) == "knowledge"}
     return {"candidates": n, "faulty": len(faulty), "symbolic": len(routed), "true_positives": tp,
+            "knowledge": len(knowledge), "knowledge_routed": len(knowledge & routed),
             "precision": precision, "recall": recall, "f1": f1,
             "random": {"precision": r_precision, "recall": r_recall, "f1": r_f1}, "by_family": by_family}
 
 
 def routing_quality(rounds: dict[int, list[tuple[str, str]]], faults: dict[str, str | None],
-                    rewritten: dict[int, set[str]] | None = None) -> dict[str, Any]:
+                    rewritten: dict[int, set[str]] | None = None, kinds: dict[str, str | None] | None = None) -> dict[str, Any]:
     """Every round's quality, the totals over rounds, and the cumulative recall of the faulty training samples.
 
     `rewritten`: per round, the samples already on a rewritten prompt: their planted fault is no longer what the
     model sees, so in that round they count as clean (routing them again is not a hit)."""
     rewritten = rewritten or {}
-    per_round = {str(e): round_quality(d, {i: f for i, f in faults.items() if i not in rewritten.get(e, set())})
+    per_round = {str(e): round_quality(d, {i: f for i, f in faults.items() if i not in rewritten.get(e, set())}, kinds)
                  for e, d in sorted(rounds.items())}
     tp = sum(r["true_positives"] for r in per_round.values())
     routed = sum(r["symbolic"] for r in per_round.values())
@@ -84,38 +88,93 @@ def auc(scores: list[float], labels: list[bool]) -> float | None:
     return (rank_sum - len(pos) * (len(pos) + 1) / 2) / (len(pos) * len(neg))
 
 
-SIGNALS = ("loss", "c1", "c2")
+def auprc(scores: list[float], labels: list[bool]) -> float | None:
+    """Area under the precision-recall curve as average precision (higher scores flag positives; tied scores are
+    one threshold): compare it with the positives' base rate, what a blind signal gets. None without positives."""
+    n_pos = sum(labels)
+    if not n_pos or len(scores) == n_pos:
+        return None
+    groups: dict[float, list[int]] = defaultdict(lambda: [0, 0])
+    for s_, y in zip(scores, labels):
+        groups[s_][0] += 1
+        groups[s_][1] += int(y)
+    seen = hits = 0
+    total = 0.0
+    for value in sorted(groups, reverse=True):
+        n, pos = groups[value]
+        seen, hits = seen + n, hits + pos
+        total += pos * hits / seen
+    return total / n_pos
 
 
-def detection(signals: list[dict], faults: dict[str, str | None]) -> dict[str, Any]:
-    """How well each raw training signal tells the faulty training samples from the clean ones: per signal, the
-    AUC of its value (higher on faulty samples = above 0.5) over every sample still on its original prompt, per
-    epoch and averaged over epochs, overall and for each family against the clean samples."""
-    families = sorted({f for f in faults.values() if f})
+# Per epoch, from the training forward; then the dynamics over the epochs so far; then the base model's reading of
+# the original prompt (one value per sample).
+SIGNALS = ("loss", "c1", "c2", "p_gold", "margin", "el2n")
+DYNAMICS = ("confidence", "variability", "correct_share", "forgetting", "aum")
+INPUTS = ("q_nll", "q_top", "a_loss", "a_alone", "ifd", "presentation")  # presentation: the planted-copy detector
+
+
+def detection_cell(value: dict[str, float], faults: dict[str, str | None], kinds: dict[str, str | None]) -> dict[str, Any]:
+    """How well one signal's values (sample id -> value) flag the presentation-faulted samples: AUC against all other
+    samples (`all`), against the clean ones per family, against the knowledge samples (`knowledge`: hard but clean,
+    whose right route is numerical), and the average precision beside the base rate."""
+    ids = list(value)
+    faulty = [bool(faults.get(i)) for i in ids]
+    cell: dict[str, Any] = {"all": auc([value[i] for i in ids], faulty),
+                            "auprc": auprc([value[i] for i in ids], faulty),
+                            "base_rate": sum(faulty) / len(ids) if ids else None}
+    for fam in sorted({f for f in faults.values() if f}):
+        keep = [i for i in ids if faults.get(i) == fam or (not faults.get(i) and not kinds.get(i))]
+        cell[fam] = auc([value[i] for i in keep], [faults.get(i) == fam for i in keep])
+    knowledge = [i for i in ids if faults.get(i) or kinds.get(i) == "knowledge"]
+    cell["knowledge"] = auc([value[i] for i in knowledge], [bool(faults.get(i)) for i in knowledge])
+    return cell
+
+
+def detection(signals: list[dict], faults: dict[str, str | None], kinds: dict[str, str | None] | None = None,
+              inputs: dict[str, dict[str, float | None]] | None = None) -> dict[str, Any]:
+    """Per signal, `detection_cell` over every training sample still on its original prompt, per epoch and averaged
+    over epochs (`mean`): the training signals of each epoch, the dynamics over the epochs up to it, and the base
+    model's input signals of the original prompts (one 'epoch', 0). Higher on faulty samples = AUC above 0.5."""
+    from adapters.signals import dynamics
+
+    kinds = kinds or {}
+    per_epoch: dict[str, dict[str, dict]] = {name: {} for name in (*SIGNALS, *DYNAMICS)}
+    history: dict[str, list[dict]] = defaultdict(list)
+    for epoch in sorted({r["epoch"] for r in signals if r["epoch"] > 0}):
+        rows = [r for r in signals if r["epoch"] == epoch and not r["prompt_version"]]
+        for r in rows:
+            history[r["sample_id"]].append(r)
+        for name in SIGNALS:
+            value = {r["sample_id"]: r[name] for r in rows if r.get(name) is not None}
+            if value:
+                per_epoch[name][str(epoch)] = detection_cell(value, faults, kinds)
+        dyn = {r["sample_id"]: dynamics(history[r["sample_id"]]) for r in rows}
+        for name in DYNAMICS:
+            value = {i: d[name] for i, d in dyn.items() if d[name] is not None}
+            if value:
+                per_epoch[name][str(epoch)] = detection_cell(value, faults, kinds)
+    for name in INPUTS:
+        value = {i: x[name] for i, x in (inputs or {}).items() if x.get(name) is not None}
+        if value:
+            per_epoch[name] = {"0": detection_cell(value, faults, kinds)}
     out: dict[str, Any] = {}
-    for name in SIGNALS:
-        per_epoch: dict[str, dict[str, float | None]] = {}
-        for epoch in sorted({r["epoch"] for r in signals}):
-            rows = [r for r in signals if r["epoch"] == epoch and not r["prompt_version"] and r[name] is not None]
-            if not rows:
-                continue
-            value = {r["sample_id"]: r[name] for r in rows}
-            cell = {"all": auc(list(value.values()), [bool(faults.get(i)) for i in value])}
-            for fam in families:
-                keep = [i for i in value if faults.get(i) in (fam, None)]
-                cell[fam] = auc([value[i] for i in keep], [faults.get(i) == fam for i in keep])
-            per_epoch[str(epoch)] = cell
+    for name, cells in per_epoch.items():
+        if not cells:
+            continue
         mean = {}
-        for key in ["all", *families]:
-            vals = [c[key] for c in per_epoch.values() if c.get(key) is not None]
+        for key in dict.fromkeys(k for c in cells.values() for k in c):
+            vals = [c[key] for c in cells.values() if c.get(key) is not None]
             mean[key] = sum(vals) / len(vals) if vals else None
-        out[name] = {"per_epoch": per_epoch, "mean": mean}
+        out[name] = {"per_epoch": cells, "mean": mean}
     return out
 
 
-def score_run(decisions: list[dict], signals: list[dict], faults: dict[str, str | None]) -> dict[str, Any]:
+def score_run(decisions: list[dict], signals: list[dict], faults: dict[str, str | None],
+              kinds: dict[str, str | None] | None = None, inputs: dict[str, dict[str, float | None]] | None = None) -> dict[str, Any]:
     """`routing_quality` from a run's rows: decisions (epoch, sample_id, route, path; reverts are not routing),
-    signals (epoch, sample_id, prompt_version: who trained on a rewritten prompt when) and the planted faults."""
+    signals (epoch, sample_id, prompt_version: who trained on a rewritten prompt when), the planted faults, the
+    ground-truth kinds and the original prompts' input signals (for the detection table)."""
     rounds: dict[int, list[tuple[str, str]]] = defaultdict(list)
     for d in decisions:
         if d["path"] != "revert":
@@ -124,4 +183,9 @@ def score_run(decisions: list[dict], signals: list[dict], faults: dict[str, str 
     for r in signals:
         if r["prompt_version"]:
             rewritten[r["epoch"]].add(r["sample_id"])
-    return {**routing_quality(dict(rounds), faults, dict(rewritten)), "detection": detection(signals, faults)}
+    out = routing_quality(dict(rounds), faults, dict(rewritten), kinds)
+    knowledge = {i for i, k in (kinds or {}).items() if k == "knowledge"}
+    if knowledge:  # hard but clean: routing one symbolic is already a false positive above; here, how many
+        routed = {i for d in rounds.values() for i, route in d if route == "symbolic"}
+        out["knowledge"] = {"samples": len(knowledge), "ever_routed": len(routed & knowledge) / len(knowledge)}
+    return {**out, "detection": detection(signals, faults, kinds, inputs)}

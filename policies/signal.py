@@ -96,3 +96,17 @@ class AumPolicy(_Ranked):
     def score(self, view):
         a = view.dynamics.get("aum")
         return -math.inf if a is None else -a
+
+
+@register
+class SurprisePolicy(_Ranked):
+    """The prompt as the frozen base model reads it (adapters.inputs): the questions whose most surprising tokens
+    surprise it most — garbled words, markup, odd phrasing, words out of place — go symbolic first. Needs
+    signals.inputs (on by default)."""
+
+    name = "surprise"
+    signal = "base-model surprisal of the question's 5 most surprising tokens"
+
+    def score(self, view):
+        q = view.inputs.get("q_top")
+        return -math.inf if q is None else q

@@ -54,19 +54,23 @@ def _inspect(args, console) -> int:
     from report import data as D
     from report import terminal
 
-    if args.out and not args.no_html:  # before anything is read
+    if not args.no_html:  # before anything is read
+        from report.datamap import check_png
         from report.html import check_out
 
-        check_out(args.out, getattr(args, "overwrite", False))
+        page = Path(args.out) if args.out else Path(args.run_dir) / "report.html"
+        check_out(page, getattr(args, "overwrite", False))
+        check_png(page, getattr(args, "overwrite", False))
     run = D.load_run(args.run_dir)
     if args.sample:
         D.trajectory(run, args.sample)  # a bad id fails before anything is written
     out = None
     if not args.no_html:
+        from report.datamap import write_png
         from report.html import render_run, write_atomic
 
-        out = write_atomic(Path(args.out) if args.out else Path(args.run_dir) / "report.html", render_run(run, args.sample),
-                           overwrite=getattr(args, "overwrite", False))
+        write_png(run, page, getattr(args, "overwrite", False))
+        out = write_atomic(page, render_run(run, args.sample), overwrite=getattr(args, "overwrite", False))
     console = terminal._console(console)
     terminal.print_inspect(run, console, report_path=out)
     if args.sample:

@@ -36,6 +36,8 @@ class Run:
     evals: list[dict[str, Any]]
     epochs: list[dict[str, Any]]
     timings: list[dict[str, Any]] = field(default_factory=list)  # seconds per (epoch, node); older runs: none
+    inputs: list[dict[str, Any]] = field(default_factory=list)  # base-model input signals per prompt version
+    planted: list[dict[str, Any]] = field(default_factory=list)  # planted copies (policies/planted.py)
     _by_sample: dict[str, list[dict[str, Any]]] = field(default_factory=dict, repr=False)
 
     @property
@@ -190,7 +192,12 @@ def routing_quality(run: Run) -> dict[str, Any] | None:
         return None
     from policies.quality import score_run
 
-    return score_run(run.decisions, run.signals, {s["id"]: s.get("fault") for s in train})
+    from policies.planted import fit_detector, with_presentation
+
+    original = {r["sample_id"]: r for r in run.inputs if r["since"] == 0}
+    original = with_presentation(fit_detector(original, run.planted) if run.planted else None, original)
+    return score_run(run.decisions, run.signals, {s["id"]: s.get("fault") for s in train}, {s["id"]: s.get("kind") for s in train},
+                     original)
 
 
 def quality_rows(q: dict[str, Any]) -> list[list[str]]:

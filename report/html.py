@@ -330,9 +330,11 @@ def _samples_index(run: D.Run, limit: int = 300) -> str:
 
 
 def render_run(run: D.Run, sample: str | None = None) -> str:
-    nav = [("overview", "Overview"), ("training", "Training"), ("signals", "C1 / C2"), ("routing", "Routing"),
-           ("rewrites", "Rewrites")]
-    body = [_overview(run), _training(run), _signals(run), _routing(run), _rewrites(run)]
+    from report.datamap import section_html
+
+    nav = [("overview", "Overview"), ("training", "Training"), ("signals", "C1 / C2"), ("datamap", "Data map"),
+           ("routing", "Routing"), ("rewrites", "Rewrites")]
+    body = [_overview(run), _training(run), _signals(run), section_html(run), _routing(run), _rewrites(run)]
     if sample:
         body.append(_sample(run, sample))
         nav.append(("sample", f"Sample {sample}"))
@@ -378,9 +380,16 @@ def write_atomic(path: str | Path, text: str, overwrite: bool = False) -> Path:
     return write_text(check_out(path, overwrite), text)
 
 
-def write_report(run_dir: str | Path, out: str | Path | None = None, sample: str | None = None) -> Path:
+def write_report(run_dir: str | Path, out: str | Path | None = None, sample: str | None = None, overwrite: bool = False) -> Path:
+    """report.html (or `out`) and the data map's PNG beside it."""
+    from report.datamap import check_png, write_png
+
+    out = Path(out or Path(run_dir) / "report.html")
+    check_out(out, overwrite)
+    check_png(out, overwrite)
     run = D.load_run(run_dir)
-    return write_atomic(out or Path(run_dir) / "report.html", render_run(run, sample))
+    write_png(run, out, overwrite)
+    return write_atomic(out, render_run(run, sample), overwrite)
 
 
 def write_compare(run_dirs: list[str | Path], out: str | Path) -> Path:

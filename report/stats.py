@@ -343,15 +343,34 @@ def _routing_table(t: dict[str, Any], level: int) -> list[str]:
     return out
 
 
+SIGNAL_NAMES = {
+    "loss": "loss", "c1": "C1 (loss-change ratio)", "c2": "C2 (gradient norm)", "p_gold": "p(gold answer) this epoch",
+    "margin": "answer margin this epoch", "el2n": "EL2N this epoch", "confidence": "confidence (mean p(gold) so far)",
+    "variability": "variability (std p(gold) so far)", "correct_share": "share of epochs correct",
+    "forgetting": "forgetting events", "aum": "AUM (mean margin so far)", "q_nll": "question NLL (base model)",
+    "q_top": "question top-5 NLL (base model)", "a_loss": "answer loss given prompt (base)",
+    "a_alone": "answer loss alone (base)", "ifd": "IFD (base model)",
+    "presentation": "presentation score (planted-copy detector)", "classifier": "reward classifier P(symbolic)"}
+_CELL_KEYS = ("all", "auprc", "base_rate", "knowledge")
+
+
 def _detection_table(det: dict[str, dict[str, float]], floor: str) -> str:
-    """Which families each signal (and the reward classifier, when trained) tells apart from clean samples."""
-    names = {"loss": "loss", "c1": "C1 (loss-change ratio)", "c2": "C2 (gradient norm)", "classifier": "reward classifier P(symbolic)"}
-    keys = ["all", *sorted({k for name, cells in det.items() if name != "classifier" for k in cells} - {"all"})]
-    lines = [f"AUC of each signal against the planted faults (0.5 = blind; above 0.5 = higher on faulty samples, below = "
-             f"lower), in {floor} runs averaged over epochs; per family against the clean samples:", "",
-             "| signal | " + " | ".join(keys) + " |", "| --- |" + " --- |" * len(keys)]
+    """Which fault families each signal (and the reward classifier, when trained) tells apart from clean samples,
+    and whether it tells presentation faults from hard-but-clean knowledge samples."""
+    families = sorted({k for name, cells in det.items() if name != "classifier" for k in cells} - set(_CELL_KEYS) - {"samples", "task_seed"})
+    knowledge = any(cells.get("knowledge") is not None for cells in det.values())
+    head = ["all", "AUPRC (base rate)", *(["vs knowledge"] if knowledge else []), *families]
+    lines = [f"AUC of each signal against the planted presentation faults (0.5 = blind; above 0.5 = higher on faulty "
+             f"samples, below = lower), in {floor} runs averaged over epochs: `all` against every other training sample, "
+             "AUPRC beside the faulty share (what a blind signal gets)"
+             + (", `vs knowledge` against the hard-but-clean knowledge samples only" if knowledge else "")
+             + ", and per family against the clean samples:", "",
+             "| signal | " + " | ".join(head) + " |", "| --- |" + " --- |" * len(head)]
     for name, cells in det.items():
-        lines.append(f"| {names.get(name, name)} | " + " | ".join(_num(cells.get(k)) for k in keys) + " |")
+        pr = f"{_num(cells.get('auprc'))} ({_num(cells.get('base_rate'))})" if cells.get("auprc") is not None else "—"
+        row = [_num(cells.get("all")), pr, *([_num(cells.get("knowledge"))] if knowledge else []),
+               *(_num(cells.get(k)) for k in families)]
+        lines.append(f"| {SIGNAL_NAMES.get(name, name)} | " + " | ".join(row) + " |")
     if "classifier" in det:
         lines += ["", f"The classifier is scored on {det['classifier'].get('samples', '?')} training samples of another draw of the "
                       f"task (task.seed {det['classifier'].get('task_seed', '?')}) that it never saw."]

@@ -48,6 +48,8 @@ TABLES = {
     "evals": "SELECT * FROM evals ORDER BY epoch, sample_id",
     "epochs": "SELECT * FROM epochs ORDER BY epoch",
     "timings": "SELECT * FROM timings ORDER BY epoch, node",
+    "inputs": "SELECT * FROM inputs ORDER BY sample_id, since",
+    "planted": "SELECT * FROM planted ORDER BY sample_id, family",
 }
 
 

@@ -17,7 +17,7 @@ from typing import Any, Literal, get_args, get_origin, get_type_hints
 
 import yaml
 
-from adapters.config import LoraConfig, ModelConfig, TrainConfig
+from adapters.config import LoraConfig, ModelConfig, SignalsConfig, TrainConfig
 from core.errors import UserError
 from core.options import option, require
 from policies.config import PolicyConfig, SaturationConfig
@@ -40,6 +40,7 @@ class Config:
     lora: LoraConfig = field(default_factory=LoraConfig)
     task: TaskConfig = field(default_factory=TaskConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    signals: SignalsConfig = field(default_factory=SignalsConfig)
     saturation: SaturationConfig = field(default_factory=SaturationConfig)
     policy: PolicyConfig = field(default_factory=PolicyConfig)
     rewriter: RewriterConfig = field(default_factory=RewriterConfig)

@@ -36,6 +36,8 @@ ARMS: dict[str, dict[str, Any]] = {
     "grad-norm": {"policy.name": "grad-norm"},
     "cartography": {"policy.name": "cartography"},
     "aum": {"policy.name": "aum"},
+    "surprise": {"policy.name": "surprise"},
+    "presentation": {"policy.name": "presentation"},
     "reward": {"policy.name": "reward"},
     # The classifier judges the text, so it need not wait for saturation: it routes from the first epoch.
     "reward-early": {"policy.name": "reward", "policy.params.needs_saturation": False},

@@ -25,6 +25,10 @@ def augmented_rows(ctx, state) -> list[dict[str, Any]]:
 
     prompts = current_prompts(state, ctx)
     dyn = ctx.store.dynamics([s.id for s in ctx.train], state["epoch"])  # each sample's training dynamics, for data maps
+    # Base-model input signals of the original prompt and of the current one (a rewrite of the last round is not
+    # measured: nothing trains on it in this run).
+    original = ctx.store.inputs_for({s.id: 0 for s in ctx.train})
+    current = ctx.store.inputs_for({s.id: prompts[s.id]["since"] or 0 for s in ctx.train})
     rows = []
     for s in ctx.train:
         p = prompts[s.id]
@@ -33,6 +37,7 @@ def augmented_rows(ctx, state) -> list[dict[str, Any]]:
                      "target": s.target, "version": p["version"], "original_system": s.system,
                      "original_question": s.question, "rewritten": p["version"] > 0 or bool(shared),
                      "provenance": json.dumps(rewrites.get(s.id, [])), "dynamics": json.dumps(dyn[s.id]),
+                     "inputs": json.dumps({"original": original.get(s.id), "current": current.get(s.id)}),
                      **(as_row(s, system, p["question"]) if as_row is not None else {})})
     return rows
 
@@ -68,7 +73,11 @@ def _routing(ctx) -> dict[str, Any]:
     """Decisions scored against the planted faults (the controlled benchmark)."""
     from policies.quality import score_run
 
-    return score_run(ctx.store.decisions(), ctx.store.signal_rows(), ctx.store.faults())
+    from policies.planted import with_presentation
+
+    store = ctx.store
+    return score_run(store.decisions(), store.signal_rows(), store.faults(), store.kinds(),
+                     with_presentation(ctx.detector(), store.inputs_for({s.id: 0 for s in ctx.train})))
 
 
 def export_run(path: Path, ctx, state, started: float) -> dict[str, Any]:
@@ -99,6 +108,8 @@ def export_run(path: Path, ctx, state, started: float) -> dict[str, Any]:
         "llm": llm_usage(ctx),
         "shared_system": state.get("shared_system"),
         **({"routing": _routing(ctx)} if getattr(ctx.task, "has_ground_truth", False) else {}),
+        # How well the presentation detector finds planted copies it was not fitted on: the check on unlabelled data.
+        **({"calibration": ctx.detector()} if ctx.detector() else {}),
         # Every process of the run (a resumed run's included), each up to its last finished step.
         "wall_seconds": round(wall, 3), "processes": processes,
         # Seconds per graph node and for checkpoints, up to this export (run.sqlite's timings has them per epoch).

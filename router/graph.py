@@ -1,9 +1,9 @@
 """build_graph: the only place the routing state machine's edges are wired.
 
-    START → evaluate(0) → train_epoch → monitor ─ saturated? ─ no ──────────────────────────► evaluate
-                              ▲                  └ yes: Send(decide) per chunk of candidates → rewrite → evaluate
-                              └──────────── more epochs? ◄─────────────────────────────────────┘
-                                            done → export → END
+    START → evaluate(0) → measure_inputs → train_epoch → monitor ─ saturated? ─ no ──────────────────► evaluate
+                               ▲                                  └ yes: Send(decide) per chunk → rewrite → evaluate
+                               └──────────── more epochs? ◄───────────────────────────────────────────────┘
+                                             done → export → END
 """
 
 from __future__ import annotations
@@ -32,15 +32,16 @@ def build_graph(ctx: RunContext, checkpointer=None):
         ids = list(ctx.round_views)
         return [Send("decide", {"ids": ids[i:i + CHUNK]}) for i in range(0, len(ids), CHUNK)]
 
-    def after_evaluate(state: RunState) -> Literal["train_epoch", "export"]:
-        return "train_epoch" if state.get("epoch", 0) < ctx.cfg.train.epochs else "export"
+    def after_evaluate(state: RunState) -> Literal["measure_inputs", "export"]:
+        return "measure_inputs" if state.get("epoch", 0) < ctx.cfg.train.epochs else "export"
 
     g = StateGraph(RunState)
-    for name in ("evaluate", "train_epoch", "monitor", "decide", "rewrite", "export"):
+    for name in ("evaluate", "measure_inputs", "train_epoch", "monitor", "decide", "rewrite", "export"):
         node = partial(getattr(nodes, name), ctx=ctx)
         g.add_node(name, node if ctx.clock is None else ctx.clock.timed(name, node))
     g.add_edge(START, "evaluate")
-    g.add_conditional_edges("evaluate", after_evaluate, ["train_epoch", "export"])
+    g.add_conditional_edges("evaluate", after_evaluate, ["measure_inputs", "export"])
+    g.add_edge("measure_inputs", "train_epoch")
     g.add_edge("train_epoch", "monitor")
     g.add_conditional_edges("monitor", after_monitor, ["decide", "evaluate"])
     g.add_edge("decide", "rewrite")

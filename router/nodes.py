@@ -39,9 +39,21 @@ class RunContext:
     clock: Any = None  # router.timing.NodeClock: wall time per node into run.sqlite (None: untimed)
     round_views: dict[str, SampleView] = field(default_factory=dict)  # this routing round's candidates (calibrate_round)
     by_id: dict[str, Sample] = field(init=False, repr=False)
+    _detector: Any = field(default=None, init=False, repr=False)
 
     def __post_init__(self):
         self.by_id = {s.id: s for s in self.train}
+
+    def detector(self):
+        """The planted-copy presentation detector (policies/planted.py), fitted once from run.sqlite's rows (the
+        same rows after a resume give the same fit); None when nothing was planted."""
+        if self._detector is None and self.cfg.signals.planted_share:
+            from policies.planted import fit_detector
+
+            copies = self.store.planted_rows()
+            if copies:
+                self._detector = fit_detector(self.store.inputs_for({s.id: 0 for s in self.train}), copies) or {}
+        return self._detector or None
 
     def progress(self, total: int, desc: str):
         if self.bar is None:
@@ -124,6 +136,35 @@ def score_reply(ctx: RunContext, epoch: int, sample, reply: str) -> dict[str, An
 
 def _finite_or_none(x: float | None) -> float | None:
     return x if x is not None and math.isfinite(x) else None
+
+
+def measure_inputs(state, ctx: RunContext):
+    """Before an epoch trains: the base-model input signals of every current prompt not yet measured (the originals
+    before the first epoch, then each accepted rewrite), into run.sqlite. A resumed run measures only what is
+    missing, and the pass is deterministic, so the rows are the same either way."""
+    sig = ctx.cfg.signals
+    if not sig.inputs:
+        return {}
+    prompts = current_prompts(state, ctx)
+    done = ctx.store.measured_inputs()
+    todo = [s.id for s in ctx.train if (s.id, prompts[s.id]["since"] or 0) not in done]
+    copies = []
+    if sig.planted_share and not ctx.store.planted_rows():  # the calibration copies, once, beside the originals
+        from policies.planted import planted_copies, resolve_families
+
+        copies = planted_copies(ctx.train, sig.planted_share, resolve_families(sig.planted_families), ctx.cfg.train.seed)
+    # The main process's store decides what is missing; every process joins the pass and stores the rows (the
+    # others' stores are scratch copies kept in step).
+    todo, copies = ctx.broadcast((todo, copies))
+    if not todo and not copies:
+        return {}
+    jobs = [(i, system_for(state, prompts[i]), prompts[i]["question"], ctx.by_id[i].target) for i in todo]
+    jobs += [(f"{i}\t{fam}", c.system, c.question, c.target) for i, fam, c in copies]
+    measured = ctx.trainer.input_signals(jobs, ctx.cfg.train.eval_batch_size)
+    ctx.store.add_measured([{"sample_id": i, "since": prompts[i]["since"] or 0, **measured[i]} for i in todo],
+                           [{"sample_id": i, "family": fam, "question": c.question, **measured[f"{i}\t{fam}"]}
+                            for i, fam, c in copies])
+    return {}
 
 
 def train_epoch(state, ctx: RunContext):
@@ -217,6 +258,10 @@ def views(state, ctx: RunContext, sample_ids: list[str]) -> list[SampleView]:
     history = ctx.store.loss_histories(sample_ids)
     dyn = ctx.store.dynamics(sample_ids, epoch)
     prompts = current_prompts(state, ctx, sample_ids)
+    inputs = ctx.store.inputs_for({i: prompts[i]["since"] or 0 for i in sample_ids})
+    from policies.planted import with_presentation
+
+    inputs = with_presentation(ctx.detector(), inputs)
     out = []
     for i in sample_ids:
         row, p = rows[i], prompts[i]
@@ -225,7 +270,7 @@ def views(state, ctx: RunContext, sample_ids: list[str]) -> list[SampleView]:
         extra = {"fault": ctx.by_id[i].meta.get("fault") if p["version"] == 0 else None} if ctx.policy.needs_ground_truth else {}
         out.append(SampleView(id=i, epoch=epoch, loss=row["loss"], c1=row["c1"], c2=row["c2"], correct=bool(row["correct"]),
                               losses=tuple(history.get(i, ())), system=system_for(state, p), question=p["question"],
-                              rewrites=p["version"], extra=extra, dynamics=dyn[i]))
+                              rewrites=p["version"], extra=extra, dynamics=dyn[i], inputs=inputs.get(i, {})))
     return out
 
 

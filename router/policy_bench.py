@@ -23,10 +23,11 @@ from core.errors import UserError
 from router.config import apply_overrides, from_dict, to_dict
 
 # Sized so that `nslora policy bench loss-ratio` finishes in about 10 minutes on 2 CPU cores (README has the
-# measurement). Half the training samples are faulted and p = 0.5, so a policy that finds them can route them all.
+# measurement). Half the training samples are faulted and p = 0.5, so a policy that finds them can route them all;
+# a quarter are hard-but-clean knowledge samples, a false positive when routed symbolic.
 BENCH_DEFAULT: dict[str, dict[str, Any]] = {
     "lora": {"top_layers": 8},
-    "task": {"name": "controlled", "babi_task": 1, "n_train": 48, "n_heldout": 100, "params": {"fault_share": 0.5}},
+    "task": {"name": "controlled", "babi_task": 1, "n_train": 48, "n_heldout": 100, "params": {"fault_share": 0.5, "knowledge_share": 0.25}},
     "train": {"epochs": 3, "batch_size": 8, "max_new_tokens": 6, "eval_every": 0},
     "saturation": {"k": 1.0, "p": 0.5, "min_epoch": 2},
     "rewriter": {"engine": "local", "strategy": "rules", "guard_similarity": False},
@@ -88,17 +89,19 @@ def summary(table: dict[str, Any], arm: str, root: Path) -> str:
     by_arm = {r["arm"]: r for r in table["arms"]}
     lines = [f"policy bench: {arm} on task {table['task']} ({table['n_train']} train, {table['n_heldout']} held-out, "
              f"p={table['p']}), seeds {', '.join(map(str, table['seeds']))}", "",
-             "seed  round  candidates  faulty  routed  precision  recall    F1  random F1"]
+             "seed  round  candidates  faulty  knowledge  routed  precision  recall    F1  random F1  knowledge routed"]
     for seed in row["seeds"]:
         routing = json.loads((root / arm / f"seed-{seed}" / "metrics.json").read_text()).get("routing") or {}
         for epoch, q in routing.get("rounds", {}).items():
-            lines.append(f"{seed:>4}  {epoch:>5}  {q['candidates']:>10}  {q['faulty']:>6}  {q['symbolic']:>6}  "
-                         f"{_f(q['precision']):>9}  {_f(q['recall']):>6}  {_f(q['f1']):>4}  {_f(q['random']['f1']):>9}")
+            lines.append(f"{seed:>4}  {epoch:>5}  {q['candidates']:>10}  {q['faulty']:>6}  {q.get('knowledge', 0):>9}  "
+                         f"{q['symbolic']:>6}  {_f(q['precision']):>9}  {_f(q['recall']):>6}  {_f(q['f1']):>4}  "
+                         f"{_f(q['random']['f1']):>9}  {q.get('knowledge_routed', 0):>16}")
         if routing.get("total"):
             t = routing["total"]
-            lines.append(f"{seed:>4}  total  {'':>10}  {'':>6}  {'':>6}  {_f(t['precision']):>9}  {_f(t['recall']):>6}  "
+            lines.append(f"{seed:>4}  total  {'':>10}  {'':>6}  {'':>9}  {'':>6}  {_f(t['precision']):>9}  {_f(t['recall']):>6}  "
                          f"{_f(t['f1']):>4}  {_f(t['random']['f1']):>9}   faulty samples ever routed: "
-                         f"{_f(routing.get('cumulative_recall'))}")
+                         f"{_f(routing.get('cumulative_recall'))}" + (f", knowledge samples ever routed: "
+                         f"{_f(routing['knowledge']['ever_routed'])}" if routing.get("knowledge") else ""))
     lines.append("")
     acc = {a: by_arm[a]["accuracy"]["mean"] for a in by_arm}
     lines.append("held-out accuracy: " + ", ".join(f"{a} {v:.3f}" for a, v in acc.items() if v == v))
@@ -120,6 +123,10 @@ def summary(table: dict[str, Any], arm: str, root: Path) -> str:
             lines.append(head + f"; recovered {100 * rec['mean']:.0f}% (no interval: the headroom is not clearly above 0)")
         else:
             lines.append(head + f"; recovered {100 * rec['mean']:.0f}% [{100 * rec['low']:.0f}%, {100 * rec['high']:.0f}%]")
+    if table.get("detection"):
+        from report.stats import _detection_table
+
+        lines += ["", _detection_table(table["detection"], table["baseline"])]
     lines.append(f"runs and tables: {root}")
     return "\n".join(lines)
 

@@ -54,6 +54,13 @@ def plan(cfg: Config) -> Plan:
     if cfg.task.scoring == "strict" and not callable(getattr(task, "score_strict", None)):
         raise UserError(f"task.scoring=strict: task {cfg.task.name} has no score_strict; build it on tasks.Task (give it extract_strict) or use task.scoring=flexible")
     policy = build(cfg.policy.name, params, p=cfg.saturation.p, seed=cfg.train.seed)
+    if getattr(policy, "needs_planted", False) and not (cfg.signals.inputs and cfg.signals.planted_share > 0):
+        raise UserError(f"policy.name={cfg.policy.name} routes by the planted-copy detector: set signals.inputs=true and "
+                        f"signals.planted_share above 0 (now {cfg.signals.planted_share})")
+    if cfg.signals.planted_share:
+        from policies.planted import resolve_families
+
+        resolve_families(cfg.signals.planted_families)  # a misspelt family is refused now, not after model loading
     if cfg.policy.name not in REGISTRY:  # your own class: checked on a fresh instance, the run's stays untouched
         from core import plugins
         from policies import check_policy
@@ -115,7 +122,8 @@ def run(cfg: Config, resume_dir: Path | None = None) -> dict[str, Any]:
     store.put_meta(model_source=source, policy=repr(p.policy), started=datetime.now().isoformat(timespec="seconds"),
                    processes=dist.num_processes)
     store.add_samples([{"id": s.id, "split": split, "system": s.system, "question": s.question, "answer": s.answer,
-                        "target": s.target, "fault": s.meta.get("fault")}
+                        "target": s.target, "fault": s.meta.get("fault"),
+                        "kind": s.meta.get("kind")}
                        for split, group in (("train", p.train), ("heldout", p.heldout)) for s in group])
     from adapters.train import Trainer
     from router.nodes import RunContext

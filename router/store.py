@@ -15,12 +15,20 @@ SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS samples (
   id TEXT PRIMARY KEY, split TEXT NOT NULL, system TEXT NOT NULL, question TEXT NOT NULL,
-  answer TEXT NOT NULL, target TEXT NOT NULL, fault TEXT
+  answer TEXT NOT NULL, target TEXT NOT NULL, fault TEXT, kind TEXT
 );
 CREATE TABLE IF NOT EXISTS signals (
   epoch INTEGER NOT NULL, sample_id TEXT NOT NULL, prompt_version INTEGER NOT NULL,
   loss REAL, c1 REAL, c2 REAL, correct INTEGER NOT NULL, p_gold REAL, margin REAL, el2n REAL,
   PRIMARY KEY (epoch, sample_id)
+);
+CREATE TABLE IF NOT EXISTS inputs (
+  sample_id TEXT NOT NULL, since INTEGER NOT NULL, q_nll REAL, q_top REAL, a_loss REAL, a_alone REAL, ifd REAL,
+  PRIMARY KEY (sample_id, since)
+);
+CREATE TABLE IF NOT EXISTS planted (
+  sample_id TEXT NOT NULL, family TEXT NOT NULL, question TEXT NOT NULL, q_nll REAL, q_top REAL, a_loss REAL,
+  a_alone REAL, ifd REAL, PRIMARY KEY (sample_id, family)
 );
 CREATE TABLE IF NOT EXISTS decisions (
   epoch INTEGER NOT NULL, sample_id TEXT NOT NULL, policy TEXT NOT NULL, route TEXT NOT NULL,
@@ -65,7 +73,7 @@ class Store:
         self.db.executescript(SCHEMA)
         # Run folders written before these columns existed (the controlled benchmark, both scorings, failure kinds,
         # round wall times) get them empty.
-        for table, names in (("samples", {"fault": "TEXT"}), ("evals", {"strict": "INTEGER", "flexible": "INTEGER"}),
+        for table, names in (("samples", {"fault": "TEXT", "kind": "TEXT"}), ("evals", {"strict": "INTEGER", "flexible": "INTEGER"}),
                              ("rewrites", {"failure": "TEXT"}),
                              ("signals", {"p_gold": "REAL", "margin": "REAL", "el2n": "REAL"}),
                              ("epochs", {"round_seconds": "REAL", "round_busy_seconds": "REAL", "round_concurrency": "INTEGER"})):
@@ -95,6 +103,32 @@ class Store:
 
     def add_signals(self, rows):
         self._insert("signals", rows)
+
+    def inputs_for(self, keys: dict[str, int]) -> dict[str, dict[str, float | None]]:
+        """Sample id -> the input signals of its prompt written at epoch keys[id] (0: the original); a prompt not
+        measured (signals.inputs off, an older run) is absent."""
+        from adapters.inputs import INPUT_SIGNALS
+
+        if not keys:
+            return {}
+        return {r["sample_id"]: {k: r[k] for k in INPUT_SIGNALS} for r in self.query("SELECT * FROM inputs")
+                if keys.get(r["sample_id"]) == r["since"]}
+
+    def add_measured(self, inputs: list[dict[str, Any]], planted: list[dict[str, Any]]) -> None:
+        """One measuring pass in one transaction: prompts' input signals, and the planted copies (policies/planted.py,
+        never trained on) with theirs. A resumed run then measures all of it again or none of it, batched alike."""
+        with self.db:
+            for table, rows in (("inputs", inputs), ("planted", planted)):
+                if rows:
+                    cols = list(rows[0])
+                    self.db.executemany(f"INSERT OR REPLACE INTO {table} ({', '.join(cols)}) VALUES ({', '.join('?' for _ in cols)})",
+                                        [tuple(r[c] for c in cols) for r in rows])
+
+    def planted_rows(self) -> list[dict[str, Any]]:
+        return self.query("SELECT * FROM planted ORDER BY sample_id, family")
+
+    def measured_inputs(self) -> set[tuple[str, int]]:
+        return {(i, s) for i, s in self.db.execute("SELECT sample_id, since FROM inputs")}
 
     def add_decisions(self, rows):
         self._insert("decisions", rows)
@@ -158,6 +192,11 @@ class Store:
         """Training sample id -> its planted fault (None: clean, and for every sample of a task without ground
         truth). For scoring routing only: never part of what a policy sees."""
         return {r["id"]: r["fault"] for r in self.query("SELECT id, fault FROM samples WHERE split='train'")}
+
+    def kinds(self) -> dict[str, str | None]:
+        """Training sample id -> its ground-truth kind on the controlled benchmark: 'presentation', 'knowledge' (hard
+        but clean) or None. Scoring only, like faults()."""
+        return {r["id"]: r["kind"] for r in self.query("SELECT id, kind FROM samples WHERE split='train'")}
 
     def decisions(self) -> list[dict[str, Any]]:
         return self.query("SELECT epoch, sample_id, route, path FROM decisions ORDER BY epoch, sample_id")

@@ -1,11 +1,16 @@
 """The controlled benchmark: bAbI stories where the right route is known.
 
 A share of the training samples (task.params.fault_share, default 0.25) carries a *presentation fault*: the
-facts are all there, but shown in a way a rewrite can undo. The rest, and every held-out sample, are clean. Each
-sample's ground truth is `meta["fault"]` (the family's name, or None): recorded in run.sqlite, scored against
-the routing decisions, and never shown to a policy (only the `oracle` reference arm declares it needs it).
+facts are all there, but shown in a way a rewrite can undo. Another share (knowledge_share, default 0.25, at most
+1 - fault_share) is *hard but clean*: a story of the next bAbI task (two supporting facts among single-fact
+stories: where the object is that someone carries), which only weight updates teach — its right route is
+numerical, and a rewrite has nothing to fix. The rest, and every held-out sample, are clean single-fact stories. Each training sample's ground
+truth is `meta["kind"]` ("presentation", "knowledge" or None) and `meta["fault"]` (the family's name, or None):
+recorded in run.sqlite, scored against the routing decisions (a knowledge sample routed symbolic is a false
+positive), and never shown to a policy (only the `oracle` reference arm declares it needs the fault).
 
-    task: {name: controlled, babi_task: 1, params: {fault_share: 0.25, families: [shuffled, phrasing, distractors, noise]}}
+    task: {name: controlled, babi_task: 1, params: {fault_share: 0.25, knowledge_share: 0.25,  # 0 by default for task 3
+                                                    families: [shuffled, phrasing, distractors, noise]}}
 
 A family is a function `(sample, rng) -> Sample` that returns the sample with its question re-presented; your
 own is named as 'package.module:function' in `families`. `canonical` (used by the rules strategy) restores
@@ -21,7 +26,7 @@ from typing import Callable
 
 from core import plugins
 from core.errors import UserError
-from tasks.babi import _DROP, _GET, _MOVE, OBJECTS, PEOPLE, PLACES, BabiTask
+from tasks.babi import _DROP, _GET, _MOVE, OBJECTS, PEOPLE, PLACES, QUESTIONS_PER_STORY, BabiTask, generate_babi, parse_babi
 from tasks.base import Sample
 
 Family = Callable[[Sample, random.Random], Sample]
@@ -192,10 +197,16 @@ class ControlledTask(BabiTask):
     name = "controlled"
     has_ground_truth = True  # metrics.json scores the routing decisions against meta["fault"]
 
-    def __init__(self, fault_share: float = 0.25, families: list[str] | None = None):
+    def __init__(self, fault_share: float = 0.25, families: list[str] | None = None, knowledge_share: float | None = None):
         if not 0.0 <= fault_share <= 1.0:
             raise ValueError(f"task.params.fault_share={fault_share!r} must be in [0, 1]")
+        self.explicit_knowledge = knowledge_share is not None
+        knowledge_share = min(0.25, 1.0 - fault_share) if knowledge_share is None else knowledge_share  # babi_task 3: 0
+        if not 0.0 <= knowledge_share <= 1.0 or fault_share + knowledge_share > 1.0:
+            raise ValueError(f"task.params.knowledge_share={knowledge_share!r} must be in [0, 1 - fault_share] "
+                             f"(fault_share={fault_share!r})")
         self.fault_share = fault_share
+        self.knowledge_share = knowledge_share
         self.families = list(families) if families is not None else list(FAMILIES)
         if not self.families:
             raise ValueError("task.params.families is empty; name at least one fault family")
@@ -205,19 +216,44 @@ class ControlledTask(BabiTask):
     def load(self, cfg) -> list[Sample]:
         if cfg.path:
             raise UserError("task.name=controlled generates its own stories; leave task.path empty")
-        return [dataclasses.replace(s, meta={**s.meta, "fault": None}) for s in super().load(cfg)]
+        if self.knowledge_share and cfg.babi_task == 3:
+            if self.explicit_knowledge:
+                raise UserError("task.params.knowledge_share needs a harder bAbI task than task.babi_task; with "
+                                "babi_task=3 set knowledge_share: 0")
+            self.knowledge_share = 0.0  # the default: no harder task to draw from
+        return [dataclasses.replace(s, meta={**s.meta, "fault": None, "kind": None}) for s in super().load(cfg)]
 
     def prepare(self, train: list[Sample], heldout: list[Sample], cfg) -> tuple[list[Sample], list[Sample]]:
-        """Fault a share of the training samples, the families taking turns; held-out samples stay clean."""
-        rng = random.Random(f"ns-lora-controlled-{cfg.seed}")
-        k = round(self.fault_share * len(train))
-        chosen = sorted(rng.sample(range(len(train)), k))
+        """Swap a share of the training samples for knowledge samples, fault a share of the others (the families
+        taking turns); held-out samples stay clean. Which samples become knowledge samples does not depend on
+        fault_share, so the lora-clean ceiling (fault_share 0) trains on the same knowledge samples."""
+        n = len(train)
+        k_knowledge = round(self.knowledge_share * n)
+        knowledge_at = sorted(random.Random(f"ns-lora-knowledge-{cfg.seed}").sample(range(n), k_knowledge))
         out = list(train)
-        for n, i in enumerate(chosen):
-            family, fn = self._family_fns[n % len(self._family_fns)]
+        for i, sample in zip(knowledge_at, self._knowledge(k_knowledge, cfg)):
+            out[i] = dataclasses.replace(sample, system=train[i].system)
+        rng = random.Random(f"ns-lora-controlled-{cfg.seed}")
+        free = [i for i in range(n) if i not in set(knowledge_at)]
+        chosen = sorted(rng.sample(free, min(len(free), round(self.fault_share * n))))
+        for j, i in enumerate(chosen):
+            family, fn = self._family_fns[j % len(self._family_fns)]
             faulted = fn(train[i], random.Random(f"{cfg.seed}-{train[i].id}-{family}"))
             if not isinstance(faulted, Sample):
                 raise ValueError(f"fault family {family} must return a tasks.Sample, got {type(faulted).__name__}")
             out[i] = dataclasses.replace(faulted, id=train[i].id, answer=train[i].answer, target=train[i].target,
-                                         meta={**train[i].meta, "fault": family})
+                                         meta={**train[i].meta, "fault": family, "kind": "presentation"})
         return out, heldout
+
+    def _knowledge(self, k: int, cfg) -> list[Sample]:
+        """k questions of the next bAbI task's generator, each from another story; story j gives its (j mod 5)-th
+        question, so their lengths spread like the base task's."""
+        if not k:
+            return []
+        task = cfg.babi_task + 1
+        text = generate_babi(task, k, seed=cfg.seed)
+        by_story: dict[str, list[Sample]] = {}
+        for s in parse_babi(text, task, source=f"generated bAbI task {task} (knowledge samples)"):
+            by_story.setdefault(s.id.rsplit("-", 1)[0], []).append(s)
+        picked = [qs[j % QUESTIONS_PER_STORY] for j, qs in enumerate(by_story.values())][:k]
+        return [dataclasses.replace(s, meta={**s.meta, "fault": None, "kind": "knowledge"}) for s in picked]

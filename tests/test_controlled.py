@@ -9,6 +9,7 @@ import pytest
 
 import numpy as np
 
+from core.errors import UserError
 from policies.quality import auc, detection, round_quality, routing_quality
 from router.cli import main
 from tasks import load_task
@@ -36,6 +37,27 @@ def test_every_family_is_undone_by_the_canonicaliser_and_clean_text_is_left_alon
         assert (f.question != c.question) == bool(f.meta["fault"]), f.id
         assert canonical(f.question) == c.question, (f.meta["fault"], f.question)
         assert (f.answer, f.target) == (c.answer, c.target)
+
+
+def test_knowledge_samples_are_clean_harder_stories_shared_with_the_clean_ceiling():
+    _, train, heldout = _split(n_train=40, share=0.5)
+    _, ceiling, _ = _split(n_train=40, share=0.0)
+    kinds = [s.meta["kind"] for s in train]
+    assert kinds.count("knowledge") == 10 and kinds.count("presentation") == 20 and kinds.count(None) == 10
+    knowledge = [s for s in train if s.meta["kind"] == "knowledge"]
+    # Two supporting facts: the object's place, asked as bAbI task 2 asks it; no fault, never held out.
+    assert all(s.id.startswith("babi2-") and s.meta["fault"] is None and s.question.split("\n")[-1].startswith("Where is the ")
+               for s in knowledge)
+    assert len({s.id for s in train}) == 40 and all(s.meta["kind"] is None and s.id.startswith("babi1-") for s in heldout)
+    # The ceiling (fault_share 0) trains on the same knowledge samples, in the same places, and faults nothing.
+    assert [s.id for s in ceiling if s.meta["kind"] == "knowledge"] == [s.id for s in knowledge]
+    assert [s.meta["kind"] for s in ceiling].count("presentation") == 0
+    _, none, _ = _split(n_train=40, share=0.5, knowledge_share=0.0)
+    assert all(s.meta["kind"] != "knowledge" for s in none) and sum(bool(s.meta["fault"]) for s in none) == 20
+    with pytest.raises(UserError, match="knowledge_share=0.2 must be in"):
+        _split(n_train=40, share=0.9, knowledge_share=0.2)
+    with pytest.raises(UserError, match="knowledge_share"):
+        _split(babi_task=3, knowledge_share=0.1)
 
 
 def test_the_rules_strategy_restores_faulty_samples_and_changes_no_clean_one():
@@ -100,10 +122,46 @@ def test_auc_and_signal_detection_on_hand_built_cases():
                # epoch 2: a trains on a rewrite, so it no longer counts; b is still above the clean samples
                row(2, "a", 1, 0.0), row(2, "b", 0, 4.0), row(2, "c", 0, 3.0), row(2, "d", 0, 2.0), row(2, "e", 0, 1.0)]
     det = detection(signals, faults)
-    assert det["loss"]["per_epoch"]["1"] == {"all": 4 / 6, "noise": 1.0, "shuffled": 0.0}
-    assert det["loss"]["per_epoch"]["2"] == {"all": 1.0, "noise": 1.0, "shuffled": 1.0}
-    assert det["loss"]["mean"]["shuffled"] == 0.5 and det["c1"]["per_epoch"] == {}
+    # Average precision at epoch 1: ranked a+ b+ e- d- c+, so (1/1 + 2/2 + 3/5) / 3; the base rate is 3/5.
+    assert det["loss"]["per_epoch"]["1"] == {"all": 4 / 6, "noise": 1.0, "shuffled": 0.0, "auprc": pytest.approx(2.6 / 3),
+                                             "base_rate": 0.6, "knowledge": None}
+    assert det["loss"]["per_epoch"]["2"] == {"all": 1.0, "noise": 1.0, "shuffled": 1.0, "auprc": 1.0, "base_rate": 0.5,
+                                             "knowledge": None}
+    assert det["loss"]["mean"]["shuffled"] == 0.5 and "c1" not in det  # no value of C1 at all: no row
     assert det["c2"]["mean"]["all"] == 0.5  # the same value everywhere: blind
+    # A knowledge sample (hard but clean) is a negative everywhere, the only negative of `knowledge`, and no family's.
+    kinds = {"d": "knowledge"}
+    det = detection(signals[:5], faults, kinds, inputs={"a": {"q_nll": 3.0}, "b": {"q_nll": 1.0}, "c": {"q_nll": 2.5},
+                                                        "d": {"q_nll": 2.0}, "e": {"q_nll": None}})
+    assert det["loss"]["per_epoch"]["1"]["knowledge"] == 2 / 3  # a and b above d, c below
+    assert det["loss"]["per_epoch"]["1"]["noise"] == 1.0  # against e only
+    assert det["q_nll"]["per_epoch"] == {"0": det["q_nll"]["mean"]} and det["q_nll"]["mean"]["all"] == 2 / 3
+    # The dynamics over epochs so far are scored too (p_gold missing here: only those from `correct`).
+    assert "confidence" not in det and "aum" not in det
+
+
+def test_average_precision_matches_scikit_learn_with_ties():
+    from sklearn.metrics import average_precision_score
+
+    from policies.quality import auprc
+
+    rng = np.random.default_rng(1)
+    scores, labels = rng.integers(0, 6, 300).tolist(), (rng.random(300) < 0.25).tolist()
+    assert auprc(scores, labels) == pytest.approx(average_precision_score(labels, scores))
+    assert auprc([1.0, 2.0], [False, False]) is None and auprc([1.0], [True]) is None
+
+
+def test_a_knowledge_sample_routed_symbolic_is_a_false_positive():
+    from policies.quality import routing_quality
+
+    faults = {"f1": "noise", "f2": "phrasing", "k1": None, "k2": None, "c1": None}
+    kinds = {"f1": "presentation", "f2": "presentation", "k1": "knowledge", "k2": "knowledge", "c1": None}
+    # Both faults found, plus one knowledge sample: precision 2/3, recall 1.
+    q = routing_quality({2: [("f1", "symbolic"), ("f2", "symbolic"), ("k1", "symbolic"), ("k2", "numerical"),
+                             ("c1", "numerical")]}, faults, kinds=kinds)
+    r = q["rounds"]["2"]
+    assert r["precision"] == pytest.approx(2 / 3) and r["recall"] == 1.0 and r["f1"] == pytest.approx(0.8)
+    assert r["knowledge"] == 2 and r["knowledge_routed"] == 1
 
 
 SPY = '''

@@ -69,8 +69,9 @@ def test_every_node_is_timed_per_epoch(routed_run, capsys):
     run_dir, _ = routed_run
     timings = rows(run_dir, "SELECT * FROM timings")
     by = {(t["epoch"], t["node"]): t["seconds"] for t in timings}
-    assert {n for _, n in by} == {"evaluate", "train_epoch", "monitor", "decide", "rewrite", "checkpoint", "export"}
+    assert {n for _, n in by} == {"evaluate", "measure_inputs", "train_epoch", "monitor", "decide", "rewrite", "checkpoint", "export"}
     assert {e for e, n in by if n == "train_epoch"} == {1, 2, 3} and {e for e, n in by if n == "rewrite"} == {2, 3}
+    assert {e for e, n in by if n == "measure_inputs"} == {0, 1, 2}  # every node call is timed, even one with nothing new
     epochs = {e["epoch"]: e for e in rows(run_dir, "SELECT * FROM epochs WHERE epoch > 0")}
     for e, row in epochs.items():  # the node's time holds the training loop's, not the trainer checkpoint's
         assert by[(e, "train_epoch")] >= row["seconds"] * 0.95

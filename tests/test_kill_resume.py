@@ -49,7 +49,8 @@ class Recorder:
 def _tables(run_dir):
     out = {}
     for table, order in (("decisions", "epoch, sample_id, path"), ("rewrites", "epoch, sample_id"),
-                         ("signals", "epoch, sample_id"), ("evals", "epoch, sample_id")):
+                         ("signals", "epoch, sample_id"), ("evals", "epoch, sample_id"),
+                         ("inputs", "sample_id, since"), ("planted", "sample_id, family")):
         out[table] = [{k: v for k, v in r.items() if k not in ("seconds", "engine", "cache_hits", "calls", "tokens",
                                                                  "prompt_tokens", "completion_tokens", "cost")}
                       for r in rows(run_dir, f"SELECT * FROM {table} ORDER BY {order}")]

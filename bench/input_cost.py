@@ -1,0 +1,90 @@
+"""What the base-model input signals cost against one training epoch: `Trainer.input_signals` (adapter off, one
+no-grad forward per prompt, adapters/inputs.py) against `Trainer.train_epoch` (LoRA steps with C2 and the dynamics)
+over the same samples, with the run's defaults (train.batch_size 8, train.eval_batch_size 16).
+
+    python bench/input_cost.py                          # SmolLM2-135M, 64 bAbI task-1 samples, 2 rounds
+    python bench/input_cost.py --model tiny --samples 16 --rounds 2
+    python bench/input_cost.py --top-layers 8           # LoRA on the top 8 layers only (the policy bench's setting)
+
+All are timed in one process, alternating; one JSON line with the median ratios, today's pass (the vocabulary
+head only where a token is scored) and the first design's (the head at every position) beside it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "tests"))
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", default="smollm2-135m-instruct", help="a model name nslora run accepts, or tiny")
+    ap.add_argument("--samples", type=int, default=64)
+    ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--top-layers", type=int, default=None, help="lora.top_layers (default: all layers)")
+    args = ap.parse_args()
+
+    import torch
+
+    from adapters.config import LoraConfig, TrainConfig
+    from adapters.lora import wrap
+    from adapters.train import Item, Trainer
+    from tasks.babi import DEFAULT_SYSTEM, generate_babi, parse_babi
+
+    torch.set_num_threads(int(os.environ.get("BENCH_THREADS", "2")))
+    if args.model == "tiny":
+        from tiny import make_tiny
+
+        model, tok = make_tiny()
+    else:
+        from adapters.model import load_model
+
+        model, tok, _ = load_model(args.model)
+    model = wrap(model, LoraConfig(top_layers=args.top_layers), seed=0)
+    cfg = TrainConfig()
+    trainer = Trainer(model, tok, lr=cfg.lr)
+    samples = parse_babi(generate_babi(1, 200, seed=0), 1)[: args.samples]
+    items = [Item(s.id, DEFAULT_SYSTEM, s.question, s.answer) for s in samples]
+    prompts = [(s.id, DEFAULT_SYSTEM, s.question, s.answer) for s in samples]
+    from adapters import inputs
+
+    scored_only = inputs._scored_only
+    epoch_s, inputs_s, full_s = [], [], []
+    for r in range(args.rounds):
+        t0 = time.perf_counter()
+        trainer.train_epoch(items, cfg.batch_size, seed=r)
+        t1 = time.perf_counter()
+        trainer.input_signals(prompts, cfg.eval_batch_size)
+        t2 = time.perf_counter()
+        inputs._scored_only = lambda model: None  # the first design: the vocabulary head at every position
+        try:
+            trainer.input_signals(prompts, cfg.eval_batch_size)
+        finally:
+            inputs._scored_only = scored_only
+        t3 = time.perf_counter()
+        epoch_s.append(t1 - t0)
+        inputs_s.append(t2 - t1)
+        full_s.append(t3 - t2)
+    ratios = [b / a for a, b in zip(epoch_s, inputs_s)]
+    print(json.dumps({"bench": "input_cost", "model": args.model, "samples": len(items), "rounds": args.rounds,
+                      "top_layers": args.top_layers, "epoch_s": [round(x, 2) for x in epoch_s],
+                      "inputs_s": [round(x, 2) for x in inputs_s],
+                      "inputs_share_of_epoch_median": round(statistics.median(ratios), 4),
+                      "full_head_s": [round(x, 2) for x in full_s],
+                      "full_head_share_of_epoch_median": round(statistics.median([b / a for a, b in zip(epoch_s, full_s)]), 4),
+                      "goal": 0.10}))
+
+
+if __name__ == "__main__":
+    main()
