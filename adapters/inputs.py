@@ -9,6 +9,7 @@ loss given only the bare chat template, and `ifd` = a_loss / a_alone (instructio
 
 from __future__ import annotations
 
+import copy
 import math
 
 import torch
@@ -98,9 +99,13 @@ def _scored_only(model):
     return (decoder, head) if decoder is not None and isinstance(head, torch.nn.Linear) else None
 
 
-def _forward(model, rows: list[tuple[list[int], list[bool], list[bool]]], pad_id: int):
+def _forward(model, rows: list[tuple[list[int], list[bool], list[bool]]], pad_id: int, prefix=None):
     """Token surprisal at the question and answer positions (0 elsewhere), and the two masks. The vocabulary head,
-    a fifth of a small model's forward, runs only where a token is scored."""
+    a fifth of a small model's forward, runs only where a token is scored; with `prefix` (`_prefix` of the rows'
+    shared opening, e.g. the system prompt) the rows start after it, from its cached keys and values."""
+    if prefix is not None:
+        n = prefix[0]
+        rows = [(ids[n:], q[n:], a[n:]) for ids, q, a in rows]
     ids, attention, q_mask, a_mask = _batch(rows, pad_id)
     device = next(model.parameters()).device
     split = _scored_only(model)
@@ -108,12 +113,52 @@ def _forward(model, rows: list[tuple[list[int], list[bool], list[bool]]], pad_id
         logits = model(input_ids=ids.to(device), attention_mask=attention.to(device)).logits
         return token_nll(logits, ids.to(device)).cpu(), q_mask, a_mask
     decoder, head = split
-    hidden = decoder(input_ids=ids.to(device), attention_mask=attention.to(device)).last_hidden_state
-    scored = (q_mask | a_mask)[:, 1:].to(device)  # token t+1 is predicted at position t
-    logits = head(hidden[:, :-1][scored]).float()
-    nll = torch.zeros(ids.shape, dtype=torch.float32, device=device)
-    nll[:, 1:][scored] = F.cross_entropy(logits, ids[:, 1:].to(device)[scored], reduction="none")
+    ids, attention = ids.to(device), attention.to(device)
+    if prefix is None:
+        hidden = decoder(input_ids=ids, attention_mask=attention).last_hidden_state[:, :-1]
+        targets, scored = ids[:, 1:], (q_mask | a_mask)[:, 1:].to(device)  # token t+1 is predicted at position t
+    else:
+        n, cache, last = prefix
+        cache = copy.deepcopy(cache)
+        cache.batch_repeat_interleave(len(rows))
+        mask = torch.cat([torch.ones((len(rows), n), dtype=attention.dtype, device=device), attention], dim=1)
+        hidden = decoder(input_ids=ids, attention_mask=mask, use_cache=True, **{_cache_arg(decoder): cache}).last_hidden_state
+        # The first token after the prefix is predicted from the prefix's last position.
+        hidden = torch.cat([last.expand(len(rows), 1, -1), hidden[:, :-1]], dim=1)
+        targets, scored = ids, (q_mask | a_mask).to(device)
+    nll = torch.zeros(scored.shape, dtype=torch.float32, device=device)
+    nll[scored] = F.cross_entropy(head(hidden[scored]).float(), targets[scored], reduction="none")
+    if prefix is None:
+        nll = F.pad(nll, (1, 0))
     return nll.cpu(), q_mask, a_mask
+
+
+MIN_PREFIX = 8  # shorter shared openings are not worth a cache
+
+
+def _prefix(model, rows: list[tuple[list[int], list[bool], list[bool]]]):
+    """(length, cached keys and values, last hidden state) of the longest opening every row shares before its first
+    scored token, run once; None when it is short or the model cannot be split into decoder and head."""
+    split = _scored_only(model)
+    if split is None or not rows:
+        return None
+    first = [ids[: next((i for i, (q, a) in enumerate(zip(qs, as_)) if q or a), len(ids))] for ids, qs, as_ in rows]
+    n = 0
+    while all(len(f) > n for f in first) and len({f[n] for f in first}) == 1:
+        n += 1
+    if n < MIN_PREFIX:
+        return None
+    device = next(model.parameters()).device
+    out = split[0](input_ids=torch.tensor([first[0][:n]], device=device), use_cache=True)
+    cache = getattr(out, "cache", None) or getattr(out, "past_key_values", None)
+    return None if cache is None else (n, cache, out.last_hidden_state[:, -1:])
+
+
+def _cache_arg(decoder) -> str:
+    """transformers 5 renamed the decoder's `past_key_values` to `cache` (5.24 warns about the old name)."""
+    import inspect
+
+    return "cache" if "cache" in inspect.signature(decoder.forward).parameters else "past_key_values"
 
 
 @torch.no_grad()
@@ -135,9 +180,10 @@ def input_signals(model, tokenizer, prompts: list[tuple[str, str, str, str]], ba
             nll, _, a_mask = _forward(model, [alone[t] for t in targets[i : i + batch_size]], pad)
             a_alone.update(zip(targets[i : i + batch_size], span_stats(nll, a_mask)[0]))
         order = sorted(full, key=lambda k: (len(full[k][0]), k))
+        prefix = _prefix(model, list(full.values()))  # the system prompt and chat template, once for all
         for i in range(0, len(order), batch_size):
             keys = order[i : i + batch_size]
-            nll, q_mask, a_mask = _forward(model, [full[k] for k in keys], pad)
+            nll, q_mask, a_mask = _forward(model, [full[k] for k in keys], pad, prefix)
             q_nll, q_top = span_stats(nll, q_mask)
             a_loss, _ = span_stats(nll, a_mask)
             for j, k in enumerate(keys):

@@ -78,7 +78,7 @@ def figure(run: D.Run):
     dense = len(points) > DENSE
     if dense:
         hb = ax.hexbin([p["at"][0] for p in points], [p["at"][1] for p in points], gridsize=45, cmap="Greys", bins="log",
-                       mincnt=1, extent=(0, 0.5, 0, 1), linewidths=0)
+                       mincnt=1, linewidths=0)
         fig.colorbar(hb, ax=ax, label="samples per cell (log)", shrink=0.8)
     by_group: dict[str, list[dict]] = defaultdict(list)
     for p in points:
@@ -107,10 +107,11 @@ def figure(run: D.Run):
                   [p["after"][0] - p["at"][0] for p in moved], [p["after"][1] - p["at"][1] for p in moved],
                   angles="xy", scale_units="xy", scale=1, width=0.003, color="#111111", alpha=0.6, zorder=4,
                   label=f"rewrite: before → after ({len(rewritten)})")
-    for x, y, text in ((0.01, 0.97, "easy to learn"), (0.01, 0.03, "hard to learn"), (0.36, 0.5, "ambiguous")):
-        ax.text(x, y, text, transform=ax.transData, fontsize=9, color="#555555", style="italic",
-                va="top" if y > 0.5 else "bottom")
-    ax.set_xlim(0, 0.5)
+    # The widest a std of probabilities can be is 0.5; a run that never gets near it is drawn to its own width.
+    right = min(0.5, max(0.25, 1.15 * max(max(p["at"][0], (p["after"] or (0, 0))[0]) for p in points)))
+    for x, y, text in ((0.02, 0.97, "easy to learn"), (0.02, 0.03, "hard to learn"), (0.72, 0.5, "ambiguous")):
+        ax.text(x * right, y, text, fontsize=9, color="#555555", style="italic", va="top" if y > 0.5 else "bottom")
+    ax.set_xlim(0, right)
     ax.set_ylim(0, 1)
     ax.set_xlabel("variability (std of p(gold) over epochs)")
     ax.set_ylabel("confidence (mean p(gold))")

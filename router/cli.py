@@ -124,8 +124,10 @@ def _add_policy(sub) -> None:
     tr.add_argument("run_dirs", nargs="+", metavar="RUN_DIR")
     tr.add_argument("--out", required=True, help="folder for the saved policy (a new one, or an existing one with --overwrite)")
     tr.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
-    tr.add_argument("--criterion", choices=["c1", "c2", "rewrite"], default="c1",
-                    help="what makes a sample 'needs symbolic': least progress (c1), smallest gradient norm (c2), or an accepted rewrite that helped")
+    tr.add_argument("--criterion", default="c1",
+                    help="what makes a sample 'needs symbolic': least progress (c1), smallest gradient norm (c2), an accepted "
+                         "rewrite that helped (rewrite), or any recorded signal's name, high first (-NAME: low first), e.g. "
+                         "-confidence, q_top, presentation (policies/reward/pairs.py lists them)")
     tr.add_argument("--max-pairs", type=int, default=2000)
     tr.add_argument("--high-share", type=float, default=0.5, help="share of still-wrong samples counted as high-criterion")
     from policies.reward.train import RewardPolicyConfig
@@ -139,7 +141,7 @@ def _add_policy(sub) -> None:
     ev = psub.add_parser("eval", help="pairwise accuracy, ROC-AUC, ECE, agreement with the signal policy, deferral share")
     ev.add_argument("policy_dir")
     ev.add_argument("run_dirs", nargs="+", metavar="RUN_DIR")
-    ev.add_argument("--criterion", choices=["c1", "c2", "rewrite"], default=None)
+    ev.add_argument("--criterion", default=None, help="default: the one the policy was trained on")
     be = psub.add_parser("bench", help="score a routing policy on a small controlled benchmark where the right route is known",
                          description="Run lora-only, lora-clean and POLICY on the controlled task (planted presentation faults; the "
                                      "reference runs are reused by later benches of the same settings) and print routing precision / "

@@ -1,8 +1,8 @@
 """The controlled benchmark: bAbI stories where the right route is known.
 
 A share of the training samples (task.params.fault_share, default 0.25) carries a *presentation fault*: the
-facts are all there, but shown in a way a rewrite can undo. Another share (knowledge_share, default 0.25, at most
-1 - fault_share) is *hard but clean*: a story of the next bAbI task (two supporting facts among single-fact
+facts are all there, but shown in a way a rewrite can undo. Another share (knowledge_share, default 0.25; fault_share
++ knowledge_share at most 1) is *hard but clean*: a story of the next bAbI task (two supporting facts among single-fact
 stories: where the object is that someone carries), which only weight updates teach — its right route is
 numerical, and a rewrite has nothing to fix. The rest, and every held-out sample, are clean single-fact stories. Each training sample's ground
 truth is `meta["kind"]` ("presentation", "knowledge" or None) and `meta["fault"]` (the family's name, or None):
@@ -201,10 +201,12 @@ class ControlledTask(BabiTask):
         if not 0.0 <= fault_share <= 1.0:
             raise ValueError(f"task.params.fault_share={fault_share!r} must be in [0, 1]")
         self.explicit_knowledge = knowledge_share is not None
-        knowledge_share = min(0.25, 1.0 - fault_share) if knowledge_share is None else knowledge_share  # babi_task 3: 0
+        # A fixed default, not one that shrinks with fault_share: the lora-clean ceiling (fault_share 0) must train
+        # on the same knowledge samples as the arms it is compared with.
+        knowledge_share = 0.25 if knowledge_share is None else knowledge_share  # babi_task 3: 0, in load()
         if not 0.0 <= knowledge_share <= 1.0 or fault_share + knowledge_share > 1.0:
             raise ValueError(f"task.params.knowledge_share={knowledge_share!r} must be in [0, 1 - fault_share] "
-                             f"(fault_share={fault_share!r})")
+                             f"(fault_share={fault_share!r}); set knowledge_share (0 for none)")
         self.fault_share = fault_share
         self.knowledge_share = knowledge_share
         self.families = list(families) if families is not None else list(FAMILIES)

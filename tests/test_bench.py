@@ -60,4 +60,5 @@ def test_dynamics_cost_bench_times_both_on_the_same_batches():
 def test_input_cost_bench_times_the_base_model_pass_against_an_epoch():
     out = _json_line(["bench/input_cost.py", "--model", "tiny", "--samples", "8", "--rounds", "2"])
     assert out["samples"] == 8 and len(out["epoch_s"]) == 2 and len(out["inputs_s"]) == 2
-    assert all(x > 0 for x in out["epoch_s"] + out["inputs_s"]) and out["inputs_share_of_epoch_median"] > 0 and out["goal"] == 0.10
+    assert all(x > 0 for k in ("epoch_s", "inputs_s", "no_prefix_s", "full_head_s") for x in out[k]) and out["goal"] == 0.10
+    assert out["inputs_share_of_epoch_median"] > 0 and out["full_head_share_of_epoch_median"] > 0

@@ -177,3 +177,25 @@ def test_the_head_on_scored_positions_only_gives_the_full_forwards_values():
         full = token_nll(model(input_ids=ids, attention_mask=attention).logits, ids)
     scored = q_mask | a_mask
     assert torch.allclose(fast[scored], full[scored], atol=1e-5) and (fast[~scored] == 0).all()
+
+
+def test_the_shared_opening_is_run_once_and_gives_the_same_values():
+    from adapters import inputs
+    from tiny import make_tiny
+
+    model, tok = make_tiny()
+    model.eval()
+    questions = ("Mary went to the kitchen.\nWhere is Mary?", "Where is John?", "John went to the hallway. Daniel went "
+                 "to the office.\nWhere is Daniel?")
+    rows = [inputs._encode(tok, "Read the story and answer with one word.", q, t) for q, t in zip(questions, ("kitchen", "x", "office"))]
+    with torch.no_grad():
+        prefix = inputs._prefix(model, rows)
+        assert prefix is not None and prefix[0] >= inputs.MIN_PREFIX
+        assert all(not any(q[: prefix[0]]) for _, q, _ in rows)  # no scored token inside it
+        cached, q_c, a_c = inputs._forward(model, rows, tok.pad_token_id, prefix)
+        plain, q_p, a_p = inputs._forward(model, rows, tok.pad_token_id)
+    for got, want in zip(span_stats(cached, q_c), span_stats(plain, q_p)):  # the means, then the top-5 means
+        assert got == pytest.approx(want, abs=1e-4)
+    assert span_stats(cached, a_c)[0] == pytest.approx(span_stats(plain, a_p)[0], abs=1e-4)
+    # Rows that share nothing long enough get no prefix.
+    assert inputs._prefix(model, [inputs._encode(tok, "", "Where is Mary?", "x"), inputs._encode(tok, "Sys.", "Hi?", "y")]) is None

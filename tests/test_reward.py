@@ -184,6 +184,28 @@ def test_build_pairs_follows_the_criterion_and_never_uses_heldout(tmp_path):
     assert {r["chosen"] for s in ("train", "test") for r in every_wrong[s]} == {text[f"t{i}"] for i in range(0, 12, 2)}
 
 
+def test_build_pairs_on_any_recorded_signal(tmp_path):
+    run = _make_run(tmp_path)
+    text = {f"t{i}": f"Sys.\n\nTrain question {i}?" for i in range(12)}
+    chosen = lambda pairs: {r["chosen"] for s in ("train", "test") for r in pairs[s]}
+    # loss falls with i, so the highest loss among the wrong samples is t0, t2, t4; -loss picks t6, t8, t10.
+    assert chosen(build_pairs([run], "loss", seed=0)) <= {text[f"t{i}"] for i in (0, 2, 4)}
+    assert chosen(build_pairs([run], "-loss", seed=0)) <= {text[f"t{i}"] for i in (6, 8, 10)}
+    # An input signal needs the run's inputs table: refused in one line without it, used once it is there.
+    with pytest.raises(UserError, match="no input signals recorded"):
+        build_pairs([run], "q_top")
+    store = Store(run / "run.sqlite")
+    store.add_measured([{"sample_id": f"t{i}", "since": 0, "q_nll": 1.0, "q_top": float(i % 5), "a_loss": 1.0,
+                         "a_alone": 2.0, "ifd": 0.5} for i in range(12)], [])
+    store.close()
+    assert chosen(build_pairs([run], "q_top", seed=0)) <= {text[f"t{i}"] for i in (4, 8, 2)}  # q_top 4, 3, 2 among the wrong
+    from policies.reward.pairs import check_criterion
+
+    assert check_criterion("-confidence") == "-confidence"
+    with pytest.raises(UserError, match="criterion='nosuch' is not one of c1, c2, rewrite or a recorded signal"):
+        check_criterion("nosuch")
+
+
 def test_build_pairs_rewrite_criterion(tmp_path):
     # t0 accepted at epoch 1, loss fell at 2: chosen. t2 accepted at 3 (no later epoch): unusable. t4 rejected.
     run = _make_run(tmp_path, rewrites=[(1, "t0", "accepted"), (3, "t2", "accepted"), (1, "t4", "rejected"), (1, "t6", "accepted"), (2, "h0", "accepted")])

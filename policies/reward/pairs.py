@@ -13,6 +13,12 @@ Construction (one run.sqlite per run dir, `split='train'` samples only — held-
   barely move for it). margin = C2(rejected) - C2(chosen), floored at 0.
 - `rewrite`: chosen = samples whose rewrite was accepted and whose loss fell the epoch after; rejected =
   samples correctly classified in their last epoch. margin = the relative loss drop of the chosen sample.
+- any other recorded signal, as c1 with criterion = its value (`-NAME`: minus its value, so low counts as high):
+  per epoch `loss`, `p_gold`, `margin`, `el2n`; the dynamics over the epochs so far (`confidence`, `variability`,
+  `correct_share`, `forgetting`, `aum`); the base model's reading of the original prompt (`q_nll`, `q_top`,
+  `a_loss`, `a_alone`, `ifd`, and `presentation`, the planted-copy detector's score). E.g. `-confidence` pairs
+  the hard-to-learn samples against the rest; `presentation` teaches the classifier the detector's judgement from
+  the text alone.
 
 Samples (keyed by their text, so one text seen in several runs is one unit) are split train/test *before*
 pairing, so no sample appears in both splits' pairs.
@@ -24,14 +30,44 @@ import json
 import sqlite3
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
-
 import numpy as np
 
 from core.errors import UserError
 
-Criterion = Literal["c1", "c2", "rewrite"]
+Criterion = str  # c1, c2, rewrite, or a recorded signal's name (policies.quality), optionally with a leading '-'
 CRITERIA = ("c1", "c2", "rewrite")
+
+
+def signal_names() -> tuple[str, ...]:
+    from policies.quality import DYNAMICS, INPUTS, SIGNALS
+
+    return tuple(n for n in (*SIGNALS, *DYNAMICS, *INPUTS) if n not in ("c1", "c2"))
+
+
+def check_criterion(criterion: str) -> str:
+    if criterion in CRITERIA or criterion.lstrip("-") in signal_names():
+        return criterion
+    raise UserError(f"criterion={criterion!r} is not one of {', '.join(CRITERIA)} or a recorded signal "
+                    f"({', '.join(signal_names())}; a leading '-' ranks low values high)")
+
+
+def _value(criterion: str, row: dict, history: list[dict], inputs: dict | None) -> float | None:
+    """The criterion's value for one signals row (higher = more in need of the symbolic branch)."""
+    if criterion in ("c1", "c2"):
+        raw = row[criterion]
+        return None if raw is None else (float(raw) if criterion == "c1" else -float(raw))
+    sign, name = (-1.0, criterion[1:]) if criterion.startswith("-") else (1.0, criterion)
+    from policies.quality import DYNAMICS, INPUTS
+
+    if name in DYNAMICS:
+        from adapters.signals import dynamics
+
+        raw = dynamics(history)[name]
+    elif name in INPUTS:
+        raw = (inputs or {}).get(name)
+    else:
+        raw = row.get(name)
+    return None if raw is None else sign * float(raw)
 MIN_PER_GROUP = 2  # one of each group on each side of the train/test split
 
 
@@ -74,15 +110,18 @@ def _read(run_dir: Path) -> tuple[dict[str, dict], dict[str, list[dict]], list[d
     return samples, signals, rewrites
 
 
-def signal_items(samples: dict, signals: dict, criterion: Criterion, run: str, high_share: float = 0.5) -> list[Item]:
-    """c1 / c2 groups at every epoch: one item per sample and epoch (pure: no I/O)."""
+def signal_items(samples: dict, signals: dict, criterion: Criterion, run: str, high_share: float = 0.5,
+                 inputs: dict[str, dict] | None = None) -> list[Item]:
+    """Signal-criterion groups at every epoch: one item per sample and epoch (pure: no I/O). `inputs`: sample id ->
+    its original prompt's input signals (for those criteria)."""
     by_epoch: dict[int, list[tuple[str, float, bool]]] = {}
     for sid, hist in signals.items():
-        for row in hist:
-            raw = row["c1"] if criterion == "c1" else row["c2"]
-            if raw is None or sid not in samples or row.get("prompt_version", 0) != 0:
+        for k, row in enumerate(hist):
+            if sid not in samples or row.get("prompt_version", 0) != 0:
                 continue
-            by_epoch.setdefault(row["epoch"], []).append((sid, float(raw) if criterion == "c1" else -float(raw), bool(row["correct"])))
+            value = _value(criterion, row, hist[: k + 1], (inputs or {}).get(sid))
+            if value is not None:
+                by_epoch.setdefault(row["epoch"], []).append((sid, value, bool(row["correct"])))
     items = []
     for epoch, rows in sorted(by_epoch.items()):
         wrong = sorted((v for _, v, ok in rows if not ok), reverse=True)
@@ -110,6 +149,22 @@ def rewrite_items(samples: dict, signals: dict, rewrites: list[dict], run: str) 
             s = samples[sid]
             items.append(Item(sample_text(s["system"], s["question"]), False, 0.0, sid, run))
     return items
+
+
+def _inputs(run_dir: Path, criterion: str) -> dict[str, dict] | None:
+    """The original prompts' input signals of a run (with the planted-copy detector's score), for input criteria."""
+    from policies.quality import INPUTS
+
+    if criterion.lstrip("-") not in INPUTS:
+        return None
+    from policies.planted import fit_detector, with_presentation
+    from report.store_read import read_tables
+
+    tables = read_tables(run_dir / "run.sqlite", 10.0)
+    original = {r["sample_id"]: r for r in tables["inputs"] if r["since"] == 0}
+    if not original:
+        raise UserError(f"{run_dir}: no input signals recorded (signals.inputs was off, or an older run); pick another criterion")
+    return with_presentation(fit_detector(original, tables["planted"]) if tables["planted"] else None, original)
 
 
 def split_units(texts: list[str], heldout_share: float, rng: np.random.Generator) -> set[str]:
@@ -159,8 +214,7 @@ def build_pairs(run_dirs, criterion: Criterion = "c1", max_pairs: int = 2000, se
     """
     from datasets import Dataset, DatasetDict  # heavy; only needed when pairs are actually built
 
-    if criterion not in CRITERIA:
-        raise UserError(f"criterion={criterion!r} is not one of {', '.join(CRITERIA)}")
+    check_criterion(criterion)
     if not 0.0 < high_share <= 1.0:
         raise UserError(f"high_share={high_share!r} must be in (0, 1] (e.g. 0.5)")
     if not 0.0 < heldout_share < 1.0:
@@ -172,7 +226,7 @@ def build_pairs(run_dirs, criterion: Criterion = "c1", max_pairs: int = 2000, se
     for d in dirs:
         samples, signals, rewrites = _read(d)
         items += (rewrite_items(samples, signals, rewrites, str(d)) if criterion == "rewrite"
-                  else signal_items(samples, signals, criterion, str(d), high_share))
+                  else signal_items(samples, signals, criterion, str(d), high_share, _inputs(d, criterion)))
     high_texts = {i.text for i in items if i.high}
     low_texts = {i.text for i in items if not i.high}
     n_high, n_low = len(high_texts), len(low_texts)
