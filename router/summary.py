@@ -35,6 +35,11 @@ def summary(metrics: dict[str, Any]) -> str:
         t, r = routing["total"], routing["total"]["random"]
         lines.append(f"routing vs planted faults: precision {t['precision']:.2f}, recall {t['recall']:.2f}, F1 {t['f1']:.2f} "
                      f"(random at the same count: F1 {r['f1']:.2f}); faulty samples ever routed: {routing['cumulative_recall']:.0%}")
+    cal = metrics.get("calibration")
+    if cal:
+        fams = ", ".join(f"{f} {a:.2f}" for f, a in cal["by_family"].items())
+        lines.append(f"presentation detector: finds {cal['copies']} planted copies it was not fitted on with AUC "
+                     f"{cal['auc']:.2f} ({fams}; 0.5 = blind)")
     if c.get("rewrites_skipped"):
         lines.append(f"budget reached: {c['rewrites_skipped']} symbolic samples stayed numerical "
                      f"({metrics['llm'].get('budget', {}).get('exhausted') or 'see rewriter.max_*'})")

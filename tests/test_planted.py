@@ -63,7 +63,7 @@ def test_the_detector_learns_what_tells_copies_apart_and_reports_it_out_of_fold(
     assert fit_detector(originals, copies[:3]) is None  # too few copies for the folds
 
 
-def test_a_run_plants_copies_reports_the_calibration_and_routes_by_it(tiny_dir, tmp_path, monkeypatch):
+def test_a_run_plants_copies_reports_the_calibration_and_routes_by_it(tiny_dir, tmp_path, monkeypatch, capsys):
     from test_e2e import KEY
 
     from fake_openai import FakeOpenAI
@@ -80,6 +80,7 @@ def test_a_run_plants_copies_reports_the_calibration_and_routes_by_it(tiny_dir, 
     metrics = json.loads((run / "metrics.json").read_text())
     cal = metrics["calibration"]
     assert cal["copies"] == 12 and cal["originals"] == 24 and 0.0 <= cal["auc"] <= 1.0
+    assert f"presentation detector: finds 12 planted copies it was not fitted on with AUC {cal['auc']:.2f}" in capsys.readouterr().out
     decisions = rows(run, "SELECT * FROM decisions WHERE path = 'signal'")
     assert decisions and all(d["reason"].startswith("presentation score ") and "n/a" not in d["reason"] for d in decisions)
     # The copies are never trained on or exported.

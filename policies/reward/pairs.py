@@ -158,13 +158,19 @@ def _inputs(run_dir: Path, criterion: str) -> dict[str, dict] | None:
     if criterion.lstrip("-") not in INPUTS:
         return None
     from policies.planted import fit_detector, with_presentation
-    from report.store_read import read_tables
 
-    tables = read_tables(run_dir / "run.sqlite", 10.0)
-    original = {r["sample_id"]: r for r in tables["inputs"] if r["since"] == 0}
+    db = sqlite3.connect(f"file:{run_dir / 'run.sqlite'}?mode=ro", uri=True)
+    db.row_factory = sqlite3.Row
+    try:
+        original = {r["sample_id"]: dict(r) for r in db.execute("SELECT * FROM inputs WHERE since = 0")}
+        planted = [dict(r) for r in db.execute("SELECT * FROM planted")]
+    except sqlite3.OperationalError:  # a run from before input signals: no such table
+        original, planted = {}, []
+    finally:
+        db.close()
     if not original:
         raise UserError(f"{run_dir}: no input signals recorded (signals.inputs was off, or an older run); pick another criterion")
-    return with_presentation(fit_detector(original, tables["planted"]) if tables["planted"] else None, original)
+    return with_presentation(fit_detector(original, planted) if planted else None, original)
 
 
 def split_units(texts: list[str], heldout_share: float, rng: np.random.Generator) -> set[str]:
