@@ -205,15 +205,17 @@ def quality_rows(q: dict[str, Any]) -> list[list[str]]:
     def f(v):
         return "—" if v is None else f"{v:.2f}"
 
+    # FP knowledge: the false positives that are hard-but-clean knowledge samples (— for a run scored before them).
     rows = [[e, str(r["candidates"]), str(r["faulty"]), str(r["symbolic"]), str(r["true_positives"]),
-             str(r["symbolic"] - r["true_positives"]), str(r["faulty"] - r["true_positives"]),
+             str(r["symbolic"] - r["true_positives"]), str(r.get("knowledge_routed", "—")), str(r["faulty"] - r["true_positives"]),
              f(r["precision"]), f(r["recall"]), f(r["f1"]), f(r["random"]["f1"])] for e, r in q["rounds"].items()]
     t = q["total"]
-    rows.append(["all", "", "", "", "", "", "", f(t["precision"]), f(t["recall"]), f(t["f1"]), f(t["random"]["f1"])])
+    rows.append(["all", "", "", "", "", "", "", "", f(t["precision"]), f(t["recall"]), f(t["f1"]), f(t["random"]["f1"])])
     return rows
 
 
-QUALITY_HEADERS = ["epoch", "candidates", "faulty", "routed", "TP", "FP", "FN", "precision", "recall", "F1", "random F1"]
+QUALITY_HEADERS = ["epoch", "candidates", "faulty", "routed", "TP", "FP", "FP knowledge", "FN", "precision", "recall", "F1",
+                   "random F1"]
 
 
 # ----------------------------------------------------------------------------------------------- rewrites

@@ -222,8 +222,9 @@ def _quality(run: D.Run) -> str:
     rows = [[escape(c) for c in row] for row in D.quality_rows(q)]
     return (f'<h3>Routing against the planted faults</h3><p class="note">{q["planted"]} of {q["train"]} training samples '
             f'carry a planted fault; every faulty sample routed symbolic at least once: {pct(q["cumulative_recall"])}. '
-            f'Random F1: what routing the same number of candidates at random gets in expectation.</p>'
-            + _table(D.QUALITY_HEADERS, rows, numeric=set(range(1, 11))))
+            f'FP knowledge: false positives that are hard-but-clean samples. Random F1: what routing the same number '
+            f'of candidates at random gets in expectation.</p>'
+            + _table(D.QUALITY_HEADERS, rows, numeric=set(range(1, len(D.QUALITY_HEADERS)))))
 
 
 def _rewrite_card(r: dict[str, Any]) -> str:
@@ -381,11 +382,10 @@ def write_atomic(path: str | Path, text: str, overwrite: bool = False) -> Path:
 
 
 def write_report(run_dir: str | Path, out: str | Path | None = None, sample: str | None = None, overwrite: bool = False) -> Path:
-    """report.html (or `out`) and the data map's PNG beside it."""
+    """report.html (or `out`) and the data map's PNG beside it; both are checked before either is written."""
     from report.datamap import check_png, write_png
 
-    out = Path(out or Path(run_dir) / "report.html")
-    check_out(out, overwrite)
+    out = check_out(out or Path(run_dir) / "report.html", overwrite)
     check_png(out, overwrite)
     run = D.load_run(run_dir)
     write_png(run, out, overwrite)

@@ -205,7 +205,8 @@ def test_the_oracle_routes_exactly_the_faulty_candidates(tiny_dir, tmp_path, cap
     out = capsys.readouterr().out
     assert "Routing vs planted faults (8 of 16" in out and "cumulative recall 100.0%" in out
     html = (run / "report.html").read_text()
-    assert "Routing against the planted faults" in html and ">1.00<" in html
+    assert "Routing against the planted faults" in html and ">1.00<" in html and ">FP knowledge<" in html
+    assert routing["knowledge"] == {"samples": 4, "ever_routed": 0.0}  # the oracle never rewrites a hard-but-clean one
 
 
 def test_ground_truth_never_reaches_a_policy_or_reward_pairs(tiny_dir, tmp_path, monkeypatch):
@@ -224,7 +225,11 @@ def test_ground_truth_never_reaches_a_policy_or_reward_pairs(tiny_dir, tmp_path,
     for split in pairs.values():
         assert "fault" not in " ".join(split.column_names)
         assert not any(w in text for text in list(split["chosen"]) + list(split["rejected"]) for w in words)
-    assert "routing" in json.loads((run / "metrics.json").read_text())
+    routing = json.loads((run / "metrics.json").read_text())["routing"]
+    # p = 1: every candidate goes symbolic, so every knowledge candidate is a false positive, counted as such.
+    for r in routing["rounds"].values():
+        assert r["knowledge_routed"] == r["knowledge"] and r["symbolic"] - r["true_positives"] >= r["knowledge"]
+    assert routing["knowledge"]["ever_routed"] > 0 and routing["total"]["precision"] < 1.0
 
 
 def test_a_reward_policy_is_scored_against_the_planted_faults(tiny_dir, trained, tmp_path, capsys):

@@ -11,6 +11,7 @@ import pytest
 from core.errors import UserError
 from report import data as D
 from report import datamap
+from test_e2e import routed_run, tiny_dir  # noqa: F401  (fixtures)
 from test_report import CHROMIUM, _chromium, _probe
 
 
@@ -93,3 +94,16 @@ def test_the_data_map_renders_in_headless_chromium(tmp_path, n):
     band = img.crop((60, 200, 940, 800))  # where the map sits, under the heading and the note
     assert len(band.getcolors(maxcolors=1 << 20)) > 60, "the map area is blank"
 
+
+
+def test_write_report_checks_both_files_before_writing_either(routed_run, tmp_path):
+    from report.html import write_report
+
+    run_dir, _ = routed_run
+    page = tmp_path / "page.html"
+    (tmp_path / "page-datamap.png").write_bytes(b"not ours")
+    with pytest.raises(UserError, match="page-datamap.png exists"):
+        write_report(run_dir, page)
+    assert not page.exists()  # refused before anything was written
+    assert write_report(run_dir, page, overwrite=True) == page
+    assert 'id="datamap"' in page.read_text() and datamap.PNG_MARK.encode() in (tmp_path / "page-datamap.png").read_bytes()[:4096]
