@@ -317,6 +317,7 @@ def trajectory(run: Run, sample_id: str) -> dict[str, Any]:
         "decisions": [d for d in run.decisions if d["sample_id"] == sample_id],
         "rewrites": [r for r in rewritten_samples(run) if r["sample_id"] == sample_id],
         "evals": [e for e in run.evals if e["sample_id"] == sample_id],
+        "inputs": [r for r in run.inputs if r["sample_id"] == sample_id],  # the base model's reading, per prompt version
     }
 
 

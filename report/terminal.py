@@ -177,6 +177,10 @@ def sample_table(run: D.Run, sample_id: str):
     for d in tr["decisions"]:
         decisions.setdefault(d["epoch"], []).append(f"{d['route']} ({d['path']})")
     rewrites = {r["epoch"]: f"{r['verdict']}: {r['reason']}" for r in tr["rewrites"]}
+    for r in tr["inputs"]:
+        t.caption += (f"\nbase model, {'original prompt' if not r['since'] else 'rewrite of epoch ' + str(r['since'])}: "
+                      f"question NLL {_num(r['q_nll'])}, top-5 {_num(r['q_top'])}, answer loss {_num(r['a_loss'])}, "
+                      f"IFD {_num(r['ifd'])}")
     for s in tr["signals"]:
         e = s["epoch"]
         t.add_row(str(e), str(s["prompt_version"]), _num(s["loss"]), _num(s["c1"]), _num(s["c2"]), _num(s.get("p_gold")),
