@@ -89,13 +89,11 @@ def fit_detector(originals: dict[str, dict], copies: list[dict]) -> dict[str, An
     from sklearn.linear_model import LogisticRegression
     from sklearn.metrics import roc_auc_score
 
-    xs, ys, groups, fams = [], [], [], []
-    for i, inputs in sorted(originals.items()):
-        if (row := _row(inputs)) is not None:
-            xs.append(row), ys.append(0), groups.append(i), fams.append(None)
-    for c in sorted(copies, key=lambda c: (c["sample_id"], c["family"])):
-        if (row := _row(c)) is not None:
-            xs.append(row), ys.append(1), groups.append(c["sample_id"]), fams.append(c["family"])
+    # (features, label, sample id, family): the originals first, then the copies.
+    data = [(_row(x), 0, i, None) for i, x in sorted(originals.items())]
+    data += [(_row(c), 1, c["sample_id"], c["family"]) for c in sorted(copies, key=lambda c: (c["sample_id"], c["family"]))]
+    data = [d for d in data if d[0] is not None]
+    xs, ys, groups, fams = (list(col) for col in zip(*data)) if data else ([], [], [], [])
     n_pos = sum(ys)
     if n_pos < FOLDS or len(ys) - n_pos < FOLDS:
         return None
