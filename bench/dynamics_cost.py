@@ -40,14 +40,9 @@ def main() -> None:
     from tasks.babi import generate_babi, parse_babi
 
     torch.set_num_threads(int(os.environ.get("BENCH_THREADS", "2")))
-    if args.model == "tiny":
-        from tiny import make_tiny
+    from bench_models import load
 
-        model, tok = make_tiny()
-    else:
-        from adapters.model import load_model
-
-        model, tok, _ = load_model(args.model)
+    model, tok = load(args.model)
     model = wrap(model, LoraConfig(), seed=0)
     samples = parse_babi(generate_babi(1, 200, seed=0), 1)
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)

@@ -37,16 +37,12 @@ def setup(model_name: str, batch: int, dtype: str = "float32"):
     from router.config import LoraConfig, TaskConfig
     from tasks import load_task
 
-    if model_name == "tiny":
-        from tiny import make_tiny
-
-        model, tok = make_tiny()
-    elif model_name.startswith("random-llama-"):
+    if model_name.startswith("random-llama-"):
         model, tok = random_llama(model_name)
     else:
-        from adapters.model import load_model
+        from bench_models import load
 
-        model, tok, _ = load_model(model_name)
+        model, tok = load(model_name)
     model = model.to(getattr(torch, dtype))
     _, train, _ = load_task(TaskConfig(name="babi", n_train=batch, n_heldout=1, seed=0))
     items = [Item(s.id, s.system, s.question, s.target) for s in train]

@@ -44,14 +44,9 @@ def main() -> None:
     from tasks.babi import DEFAULT_SYSTEM, generate_babi, parse_babi
 
     torch.set_num_threads(int(os.environ.get("BENCH_THREADS", "2")))
-    if args.model == "tiny":
-        from tiny import make_tiny
+    from bench_models import load
 
-        model, tok = make_tiny()
-    else:
-        from adapters.model import load_model
-
-        model, tok, _ = load_model(args.model)
+    model, tok = load(args.model)
     model = wrap(model, LoraConfig(top_layers=args.top_layers), seed=0)
     cfg = TrainConfig()
     trainer = Trainer(model, tok, lr=cfg.lr)

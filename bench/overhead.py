@@ -28,17 +28,6 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 
 
-def load(model_name: str):
-    if model_name == "tiny":
-        from tiny import make_tiny
-
-        return make_tiny()
-    from adapters.model import load_model
-
-    model, tok, _ = load_model(model_name)
-    return model, tok
-
-
 def trl_epoch(base, tok, train, cfg) -> float:
     import datasets
     import peft
@@ -113,6 +102,8 @@ def main() -> None:
                              "train.epochs=1", "policy.name=lora-only", "run.progress=false",
                              "lora.top_layers=null"])  # TRL's arm adapts every layer: so does ours
     task, train, heldout = load_task(cfg.task)
+    from bench_models import load
+
     base, tok = load(args.model)
     from policies.baselines import LoraOnlyPolicy
 

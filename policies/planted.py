@@ -136,6 +136,12 @@ def with_presentation(detector: dict[str, Any] | None, inputs: dict[str, dict]) 
     return {i: {**x, "presentation": presentation_score(detector, x)} for i, x in inputs.items()}
 
 
+def score_originals(originals: dict[str, dict], copies: list[dict]) -> dict[str, dict]:
+    """The original prompts' input signals with the `presentation` score of a detector fitted on them and the
+    copies (unchanged when nothing was planted): what reports and reward pairs read from a finished run."""
+    return with_presentation(fit_detector(originals, copies) if copies else None, originals)
+
+
 @register
 class PresentationPolicy(_Ranked):
     """The candidates whose prompts read most like a planted presentation fault (the planted-copy detector's score,

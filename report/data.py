@@ -192,10 +192,9 @@ def routing_quality(run: Run) -> dict[str, Any] | None:
         return None
     from policies.quality import score_run
 
-    from policies.planted import fit_detector, with_presentation
+    from policies.planted import score_originals
 
-    original = {r["sample_id"]: r for r in run.inputs if r["since"] == 0}
-    original = with_presentation(fit_detector(original, run.planted) if run.planted else None, original)
+    original = score_originals({r["sample_id"]: r for r in run.inputs if r["since"] == 0}, run.planted)
     return score_run(run.decisions, run.signals, {s["id"]: s.get("fault") for s in train}, {s["id"]: s.get("kind") for s in train},
                      original)
 

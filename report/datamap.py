@@ -65,11 +65,11 @@ def _colours(groups: list[str]) -> dict[str, str]:
     return {**KIND_COLOURS, **{g: FAMILY_COLOURS[i % len(FAMILY_COLOURS)] for i, g in enumerate(families)}}
 
 
-def figure(run: D.Run):
+def figure(run: D.Run, m: dict[str, Any] | None = None):
     """The data map as a matplotlib figure (None before any epoch recorded p(gold))."""
     from report.plots import _plt
 
-    m = map_points(run)
+    m = m or map_points(run)
     points = m["points"]
     if not points:
         return None
@@ -121,20 +121,20 @@ def figure(run: D.Run):
     return fig
 
 
-def svg(run: D.Run) -> str | None:
+def svg(run: D.Run, m: dict[str, Any] | None = None) -> str | None:
     from report.plots import to_svg
 
-    fig = figure(run)
+    fig = figure(run, m)
     return None if fig is None else to_svg(fig)
 
 
-def png_bytes(run: D.Run) -> bytes | None:
+def png_bytes(run: D.Run, m: dict[str, Any] | None = None) -> bytes | None:
     """The map as PNG, marked as ns-lora's in its metadata (so a later report may replace it)."""
     import io
 
     import matplotlib.pyplot as plt
 
-    fig = figure(run)
+    fig = figure(run, m)
     if fig is None:
         return None
     buf = io.BytesIO()
@@ -169,13 +169,14 @@ def section_html(run: D.Run) -> str:
     import base64
     from html import escape
 
-    n = len(map_points(run)["points"])
+    m = map_points(run)  # once: the figure below is drawn from it
+    n = len(m["points"])
     if n == 0:
         body = "<p>No epoch has recorded p(gold) yet.</p>"
     elif n > DENSE:
-        body = f'<img class="plot" alt="data map" src="data:image/png;base64,{base64.b64encode(png_bytes(run)).decode()}">'
+        body = f'<img class="plot" alt="data map" src="data:image/png;base64,{base64.b64encode(png_bytes(run, m)).decode()}">'
     else:
-        body = svg(run)
+        body = svg(run, m)
     note = ("Each training sample at the mean (confidence) and standard deviation (variability) over the epochs of the "
             "probability the model gives its gold answer. Easy-to-learn samples sit high, hard-to-learn ones low and "
             "steady, ambiguous ones to the right; the hard-to-learn region is where badly presented samples gather. "

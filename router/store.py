@@ -87,13 +87,17 @@ class Store:
         self.db.close()
 
     def _insert(self, table: str, rows: Iterable[dict[str, Any]]) -> None:
+        with self.db:
+            self._insert_rows(table, rows)
+
+    def _insert_rows(self, table: str, rows: Iterable[dict[str, Any]]) -> None:
+        """INSERT OR REPLACE inside the caller's transaction."""
         rows = list(rows)
         if not rows:
             return
         cols = list(rows[0])
         sql = f"INSERT OR REPLACE INTO {table} ({', '.join(cols)}) VALUES ({', '.join('?' for _ in cols)})"
-        with self.db:
-            self.db.executemany(sql, [tuple(r[c] for c in cols) for r in rows])
+        self.db.executemany(sql, [tuple(r[c] for c in cols) for r in rows])
 
     def put_meta(self, **items: Any) -> None:
         self._insert("meta", [{"key": k, "value": json.dumps(v)} for k, v in items.items()])
@@ -118,11 +122,8 @@ class Store:
         """One measuring pass in one transaction: prompts' input signals, and the planted copies (policies/planted.py,
         never trained on) with theirs. A resumed run then measures all of it again or none of it, batched alike."""
         with self.db:
-            for table, rows in (("inputs", inputs), ("planted", planted)):
-                if rows:
-                    cols = list(rows[0])
-                    self.db.executemany(f"INSERT OR REPLACE INTO {table} ({', '.join(cols)}) VALUES ({', '.join('?' for _ in cols)})",
-                                        [tuple(r[c] for c in cols) for r in rows])
+            self._insert_rows("inputs", inputs)
+            self._insert_rows("planted", planted)
 
     def planted_rows(self) -> list[dict[str, Any]]:
         return self.query("SELECT * FROM planted ORDER BY sample_id, family")

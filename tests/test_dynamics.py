@@ -9,8 +9,7 @@ import pytest
 import torch
 
 from adapters.signals import answer_token_stats, dynamics
-from router.cli import main
-from test_e2e import rows, tiny_dir, write_config  # noqa: F401  (fixture)
+from test_e2e import rows, run_with_user_policy, tiny_dir  # noqa: F401  (fixture)
 
 
 def _naive(logits, labels):
@@ -100,16 +99,7 @@ POLICY = textwrap.dedent('''
 def test_a_run_records_the_dynamics_and_a_users_policy_reads_them(tiny_dir, tmp_path, monkeypatch):
     import datasets
 
-    from fake_openai import FakeOpenAI
-    from test_e2e import KEY
-
-    (tmp_path / "dyn_policy.py").write_text(POLICY)
-    monkeypatch.syspath_prepend(str(tmp_path))
-    monkeypatch.setenv("NSLORA_TEST_KEY", KEY)
-    with FakeOpenAI() as srv:
-        cfg = write_config(tmp_path, tiny_dir, srv.base_url, policy={"name": "dyn_policy:LowConfidence"})
-        assert main(["run", str(cfg)]) == 0
-    run = tmp_path / "runs" / "r"
+    run = run_with_user_policy(tmp_path, tiny_dir, monkeypatch, "dyn_policy", POLICY, "LowConfidence")
     signals = rows(run, "SELECT * FROM signals WHERE epoch > 0")
     assert signals and all(0.0 <= r["p_gold"] <= 1.0 and 0.0 <= r["el2n"] <= math.sqrt(2) + 1e-6 and r["margin"] is not None
                            for r in signals)

@@ -43,6 +43,18 @@ def write_config(path, tiny_dir, base_url, **sections):
     return p
 
 
+def run_with_user_policy(tmp_path, tiny_dir, monkeypatch, module: str, source: str, cls: str):
+    """A routed run with a user's policy written as `module.py` (its class `cls`) against the fake server; the run
+    folder."""
+    (tmp_path / f"{module}.py").write_text(source)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setenv("NSLORA_TEST_KEY", KEY)
+    with FakeOpenAI() as srv:
+        cfg = write_config(tmp_path, tiny_dir, srv.base_url, policy={"name": f"{module}:{cls}"})
+        assert main(["run", str(cfg)]) == 0
+    return tmp_path / "runs" / "r"
+
+
 def rows(run_dir, sql):
     db = sqlite3.connect(run_dir / "run.sqlite")
     db.row_factory = sqlite3.Row

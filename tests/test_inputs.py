@@ -11,8 +11,7 @@ import pytest
 import torch
 
 from adapters.inputs import _question_span, ifd, input_signals, span_stats, token_nll
-from router.cli import main
-from test_e2e import rows, tiny_dir, write_config  # noqa: F401  (fixture)
+from test_e2e import rows, run_with_user_policy, tiny_dir  # noqa: F401  (fixture)
 
 torch.set_num_threads(1)
 
@@ -123,16 +122,7 @@ POLICY = textwrap.dedent('''
 def test_a_run_measures_each_prompt_once_and_a_users_policy_reads_it(tiny_dir, tmp_path, monkeypatch):
     import datasets
 
-    from fake_openai import FakeOpenAI
-    from test_e2e import KEY
-
-    (tmp_path / "inputs_policy.py").write_text(POLICY)
-    monkeypatch.syspath_prepend(str(tmp_path))
-    monkeypatch.setenv("NSLORA_TEST_KEY", KEY)
-    with FakeOpenAI() as srv:
-        cfg = write_config(tmp_path, tiny_dir, srv.base_url, policy={"name": "inputs_policy:Surprising"})
-        assert main(["run", str(cfg)]) == 0
-    run = tmp_path / "runs" / "r"
+    run = run_with_user_policy(tmp_path, tiny_dir, monkeypatch, "inputs_policy", POLICY, "Surprising")
     measured = rows(run, "SELECT * FROM inputs ORDER BY sample_id, since")
     train = rows(run, "SELECT id FROM samples WHERE split = 'train'")
     originals = [r for r in measured if r["since"] == 0]

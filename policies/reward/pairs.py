@@ -157,7 +157,7 @@ def _inputs(run_dir: Path, criterion: str) -> dict[str, dict] | None:
 
     if criterion.lstrip("-") not in INPUTS:
         return None
-    from policies.planted import fit_detector, with_presentation
+    from policies.planted import score_originals
 
     db = sqlite3.connect(f"file:{run_dir / 'run.sqlite'}?mode=ro", uri=True)
     db.row_factory = sqlite3.Row
@@ -170,7 +170,7 @@ def _inputs(run_dir: Path, criterion: str) -> dict[str, dict] | None:
         db.close()
     if not original:
         raise UserError(f"{run_dir}: no input signals recorded (signals.inputs was off, or an older run); pick another criterion")
-    return with_presentation(fit_detector(original, planted) if planted else None, original)
+    return score_originals(original, planted)
 
 
 def split_units(texts: list[str], heldout_share: float, rng: np.random.Generator) -> set[str]:
