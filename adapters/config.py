@@ -47,6 +47,7 @@ class TrainConfig:
     max_grad_norm: float | None = option(None, "Clip the norm of each LoRA update's gradient to this value before the optimizer step (TRL's SFTTrainer default is 1.0); null: no clipping. C2 is measured before clipping.")
     max_nonfinite_steps: int = option(3, "A step with a NaN or inf loss is skipped and recorded; this many in a row stop the run.")
     grad_norm: Literal["fast", "naive", "off"] = option("fast", "C2: fast (exact, from the normal backward), naive (one backward per sample), off.")
+    frozen_cache_mb: float | None = option(2048, "With lora.top_layers, the frozen bottom layers' output for each sample's prompt is computed once and reused every epoch (exact; recomputed after a rewrite): this much of it is kept in memory, the rest in a temporary folder. null: run every layer every step.")
 
     def __post_init__(self):
         require(self.epochs >= 1, f"train.epochs={self.epochs!r} must be >= 1")
@@ -54,6 +55,7 @@ class TrainConfig:
         require(self.lr > 0, f"train.lr={self.lr!r} must be > 0")
         require(self.eval_every >= 0, f"train.eval_every={self.eval_every!r} must be >= 0 (0: only before and after training)")
         require(self.max_grad_norm is None or self.max_grad_norm > 0, f"train.max_grad_norm={self.max_grad_norm!r} must be > 0, or null for no clipping")
+        require(self.frozen_cache_mb is None or self.frozen_cache_mb >= 0, f"train.frozen_cache_mb={self.frozen_cache_mb!r} must be >= 0 (0: every entry on disk), or null for no cache")
         require(self.max_nonfinite_steps >= 1, f"train.max_nonfinite_steps={self.max_nonfinite_steps!r} must be >= 1")
 
 

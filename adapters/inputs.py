@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 import math
+from contextlib import contextmanager
 
 import torch
 import torch.nn.functional as F
@@ -99,6 +100,24 @@ def _scored_only(model):
     return (decoder, head) if decoder is not None and isinstance(head, torch.nn.Linear) else None
 
 
+@contextmanager
+def _grab(layer):
+    """{"h": the hidden states entering `layer`} after a forward inside (an empty dict without a layer)."""
+    box: dict[str, torch.Tensor] = {}
+    if layer is None:
+        yield box
+        return
+
+    def hook(module, args, kwargs):
+        box["h"] = (args[0] if args else kwargs["hidden_states"]).detach()
+
+    handle = layer.register_forward_pre_hook(hook, with_kwargs=True)
+    try:
+        yield box
+    finally:
+        handle.remove()
+
+
 def _forward(model, rows: list[tuple[list[int], list[bool], list[bool]]], pad_id: int, prefix=None):
     """Token surprisal at the question and answer positions (0 elsewhere), and the two masks. The vocabulary head,
     a fifth of a small model's forward, runs only where a token is scored; with `prefix` (`_prefix` of the rows'
@@ -118,7 +137,7 @@ def _forward(model, rows: list[tuple[list[int], list[bool], list[bool]]], pad_id
         hidden = decoder(input_ids=ids, attention_mask=attention).last_hidden_state[:, :-1]
         targets, scored = ids[:, 1:], (q_mask | a_mask)[:, 1:].to(device)  # token t+1 is predicted at position t
     else:
-        n, cache, last = prefix
+        n, cache, last = prefix[:3]
         cache = copy.deepcopy(cache)
         cache.batch_repeat_interleave(len(rows))
         mask = torch.cat([torch.ones((len(rows), n), dtype=attention.dtype, device=device), attention], dim=1)
@@ -133,12 +152,21 @@ def _forward(model, rows: list[tuple[list[int], list[bool], list[bool]]], pad_id
     return nll.cpu(), q_mask, a_mask
 
 
+def _hand_over(put, keys: list[str], ids: list[list[int]], prefix, states: torch.Tensor) -> None:
+    """put(key, ids, states) per row of a batch whose rows may start after a shared prefix (its states then first)."""
+    n = 0 if prefix is None else prefix[0]
+    for j, (key, row) in enumerate(zip(keys, ids)):
+        own = states[j, : len(row) - n]
+        put(key, row, own if prefix is None else torch.cat([prefix[3][0], own], dim=0))
+
+
 MIN_PREFIX = 8  # shorter shared openings are not worth a cache
 
 
-def _prefix(model, rows: list[tuple[list[int], list[bool], list[bool]]]):
-    """(length, cached keys and values, last hidden state) of the longest opening every row shares before its first
-    scored token, run once; None when it is short or the model cannot be split into decoder and head."""
+def _prefix(model, rows: list[tuple[list[int], list[bool], list[bool]]], layer=None):
+    """(length, cached keys and values, last hidden state, the states entering `layer` or None) of the longest
+    opening every row shares before its first scored token, run once; None when it is short or the model cannot be
+    split into decoder and head."""
     split = _scored_only(model)
     if split is None or not rows:
         return None
@@ -149,9 +177,10 @@ def _prefix(model, rows: list[tuple[list[int], list[bool], list[bool]]]):
     if n < MIN_PREFIX:
         return None
     device = next(model.parameters()).device
-    out = split[0](input_ids=torch.tensor([first[0][:n]], device=device), use_cache=True)
+    with _grab(layer) as grabbed:
+        out = split[0](input_ids=torch.tensor([first[0][:n]], device=device), use_cache=True)
     cache = getattr(out, "cache", None) or getattr(out, "past_key_values", None)
-    return None if cache is None else (n, cache, out.last_hidden_state[:, -1:])
+    return None if cache is None else (n, cache, out.last_hidden_state[:, -1:], grabbed.get("h"))
 
 
 def _cache_arg(decoder) -> str:
@@ -162,9 +191,12 @@ def _cache_arg(decoder) -> str:
 
 
 @torch.no_grad()
-def input_signals(model, tokenizer, prompts: list[tuple[str, str, str, str]], batch_size: int) -> dict[str, dict[str, float | None]]:
+def input_signals(model, tokenizer, prompts: list[tuple[str, str, str, str]], batch_size: int,
+                  states_to=None) -> dict[str, dict[str, float | None]]:
     """Key -> INPUT_SIGNALS for each (key, system, question, target), with `model` as given (the caller disables
-    the adapter). Batches are formed by length, so padding costs little and the result does not depend on order."""
+    the adapter). Batches are formed by length, so padding costs little and the result does not depend on order.
+    `states_to` = (a decoder layer, put): put(key, token ids, the (length, hidden) states entering that layer) is
+    called for each prompt + target, so a cache of frozen layers (adapters.frozen) need not run them again."""
     was_training = model.training
     model.eval()
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
@@ -180,10 +212,14 @@ def input_signals(model, tokenizer, prompts: list[tuple[str, str, str, str]], ba
             nll, _, a_mask = _forward(model, [alone[t] for t in targets[i : i + batch_size]], pad)
             a_alone.update(zip(targets[i : i + batch_size], span_stats(nll, a_mask)[0]))
         order = sorted(full, key=lambda k: (len(full[k][0]), k))
-        prefix = _prefix(model, list(full.values()))  # the system prompt and chat template, once for all
+        layer, put = states_to or (None, None)
+        prefix = _prefix(model, list(full.values()), layer)  # the system prompt and chat template, once for all
         for i in range(0, len(order), batch_size):
             keys = order[i : i + batch_size]
-            nll, q_mask, a_mask = _forward(model, [full[k] for k in keys], pad, prefix)
+            with _grab(layer) as grabbed:
+                nll, q_mask, a_mask = _forward(model, [full[k] for k in keys], pad, prefix)
+            if put is not None:
+                _hand_over(put, keys, [full[k][0] for k in keys], prefix, grabbed["h"])
             q_nll, q_top = span_stats(nll, q_mask)
             a_loss, _ = span_stats(nll, a_mask)
             for j, k in enumerate(keys):

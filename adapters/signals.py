@@ -12,23 +12,30 @@ import torch
 import torch.nn.functional as F
 
 
-def per_sample_loss(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Mean cross-entropy over each sample's answer tokens, and whether all of them are argmax-correct.
+def scored_positions(labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(sample row, position, gold token) of every logit that predicts an answer token: position t predicts token
+    t+1, and `labels` is -100 outside the answer. Only these logits enter the loss and the statistics."""
+    shift = labels[:, 1:]
+    rows, cols = (shift != -100).nonzero(as_tuple=True)
+    return rows, cols, shift[rows, cols]
 
-    `labels` is -100 outside the answer; position t of the logits predicts token t+1.
-    """
-    shift_logits = logits[:, :-1, :]
-    shift_labels = labels[:, 1:]
-    mask = shift_labels != -100
-    safe = shift_labels.clamp(min=0)
-    tok_loss = F.cross_entropy(shift_logits.transpose(1, 2).float(), safe, reduction="none")
-    tok_loss = tok_loss * mask
-    counts = mask.sum(dim=1).clamp(min=1)
-    loss = tok_loss.sum(dim=1) / counts
+
+def scored_loss(logits: torch.Tensor, gold: torch.Tensor, rows: torch.Tensor, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean cross-entropy per sample over its scored logits (N, vocab) and whether all of them are argmax-correct;
+    `rows` says which of the `n` samples each logit belongs to. A sample without scored logits: loss 0, not correct."""
+    tok_loss = F.cross_entropy(logits.float(), gold, reduction="none")
+    counts = torch.zeros(n, dtype=torch.float32, device=logits.device).index_add_(0, rows, torch.ones_like(tok_loss))
+    loss = torch.zeros(n, dtype=tok_loss.dtype, device=logits.device).index_add(0, rows, tok_loss) / counts.clamp(min=1)
     with torch.no_grad():
-        hit = (shift_logits.argmax(dim=-1) == safe) | ~mask
-        correct = hit.all(dim=1) & mask.any(dim=1)
+        misses = torch.zeros(n, dtype=torch.float32, device=logits.device).index_add_(0, rows, (logits.argmax(dim=-1) != gold).float())
+        correct = (misses == 0) & (counts > 0)
     return loss, correct
+
+
+def per_sample_loss(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """`scored_loss` from full (B, T, vocab) logits and their labels."""
+    rows, cols, gold = scored_positions(labels)
+    return scored_loss(logits[:, :-1][rows, cols], gold, rows, labels.shape[0])
 
 
 def loss_change_ratio(loss_now: float, loss_before: float | None) -> float | None:
@@ -63,23 +70,27 @@ TOKEN_STATS = ("p_gold", "margin", "el2n")
 
 @torch.no_grad()
 def answer_token_stats(logits: torch.Tensor, labels: torch.Tensor) -> dict[str, torch.Tensor]:
-    """Each sample's mean over its answer tokens of: the gold token's probability (`p_gold`, dataset cartography's
-    confidence for one epoch), the gold logit minus the largest other logit (`margin`, what AUM averages over
-    epochs) and the L2 distance of the predicted distribution from the one-hot gold token (`el2n`). NaN for a
-    sample without answer tokens. Only answer positions are softmaxed, so the cost is theirs, not the sequence's."""
-    shift_logits, shift_labels = logits[:, :-1, :], labels[:, 1:]
-    mask = shift_labels != -100
-    rows = mask.nonzero(as_tuple=True)
-    picked, gold = shift_logits[rows].float(), shift_labels[rows]  # (answer tokens, vocab), (answer tokens,)
+    """`scored_stats` from full (B, T, vocab) logits and their labels."""
+    rows, cols, gold = scored_positions(labels)
+    return scored_stats(logits[:, :-1][rows, cols], gold, rows, labels.shape[0])
+
+
+@torch.no_grad()
+def scored_stats(logits: torch.Tensor, gold: torch.Tensor, rows: torch.Tensor, n: int) -> dict[str, torch.Tensor]:
+    """Each of the `n` samples' mean over its answer tokens (the scored logits, (N, vocab), `rows` naming each one's
+    sample) of: the gold token's probability (`p_gold`, dataset cartography's confidence for one epoch), the gold
+    logit minus the largest other logit (`margin`, what AUM averages over epochs) and the L2 distance of the
+    predicted distribution from the one-hot gold token (`el2n`). NaN for a sample without answer tokens."""
+    picked = logits.float()
     probs = picked.softmax(dim=-1)
     p_gold = probs.gather(1, gold[:, None])[:, 0]
     gold_logit = picked.gather(1, gold[:, None])[:, 0]
     other = picked.scatter(1, gold[:, None], float("-inf")).max(dim=1).values
     el2n = (probs.pow(2).sum(dim=1) - 2 * p_gold + 1).clamp(min=0).sqrt()  # ||p - e_gold||, without building e_gold
-    counts = mask.sum(dim=1).float()
+    counts = torch.zeros(n, dtype=torch.float32, device=logits.device).index_add_(0, rows, torch.ones_like(p_gold))
     out = {}
     for name, per_token in (("p_gold", p_gold), ("margin", gold_logit - other), ("el2n", el2n)):
-        sums = torch.zeros(mask.shape[0], dtype=torch.float32, device=logits.device).index_add_(0, rows[0], per_token)
+        sums = torch.zeros(n, dtype=torch.float32, device=logits.device).index_add_(0, rows, per_token)
         out[name] = torch.where(counts > 0, sums / counts.clamp(min=1), torch.full_like(sums, float("nan")))
     return out
 

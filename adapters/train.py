@@ -1,5 +1,5 @@
 """The training loop on `accelerate.Accelerator`, with per-sample signals from the same forward and backward,
-and held-out evaluation by batched greedy generation.
+and held-out evaluation by batched greedy generation (adapters/generate.py).
 """
 
 from __future__ import annotations
@@ -10,8 +10,9 @@ from dataclasses import dataclass, field
 
 import torch
 
+from adapters.batching import OVERHEAD_TOKENS, head_rows, length_chunks
 from adapters.lora import PerSampleGradNorm, naive_grad_norms
-from adapters.signals import TOKEN_STATS, answer_token_stats, per_sample_loss
+from adapters.signals import TOKEN_STATS, per_sample_loss, scored_loss, scored_positions, scored_stats
 
 
 @dataclass(frozen=True)
@@ -89,7 +90,8 @@ class Trainer:
     """Holds the model, optimizer and accelerator; the graph's nodes call its methods."""
 
     def __init__(self, model, tokenizer, lr: float, weight_decay: float = 0.0, train_weights: bool = True,
-                 grad_norm: str = "fast", max_nonfinite_steps: int = 3, max_grad_norm: float | None = None):
+                 grad_norm: str = "fast", max_nonfinite_steps: int = 3, max_grad_norm: float | None = None,
+                 frozen_cache_mb: float | None = 2048):
         from accelerate import Accelerator
 
         self.accelerator = Accelerator(cpu=not torch.cuda.is_available())
@@ -101,7 +103,19 @@ class Trainer:
         params = [p for p in model.parameters() if p.requires_grad]
         optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
         self.model, self.optimizer = self.accelerator.prepare(model, optimizer)
-        self.grad_norms = PerSampleGradNorm(self.accelerator.unwrap_model(self.model))
+        unwrapped = self.accelerator.unwrap_model(self.model)
+        self.grad_norms = PerSampleGradNorm(unwrapped)
+        self.head = unwrapped.get_output_embeddings()
+        self.frozen = None  # adapters.frozen.FrozenStates, when the bottom layers are frozen and caching is on
+        self.frozen_note: str | None = None  # why a cache that was asked for is off
+        self._frozen_checked = False
+        if frozen_cache_mb is not None:
+            from adapters.frozen import FrozenStates
+
+            try:
+                self.frozen = FrozenStates(unwrapped, frozen_cache_mb)
+            except ValueError as e:
+                self.frozen_note = str(e)
         self.skipped_steps = 0
         self.nonfinite_in_a_row = 0
         self.max_nonfinite_steps = max_nonfinite_steps
@@ -150,23 +164,23 @@ class Trainer:
         # A process with no sample of a short last batch still joins the gradient all-reduce, with zero weight.
         idle = not local
         chunks = self._chunks(local or batch_items[:1])
+        order = [] if idle else [it for part, _ in chunks for it in part]  # chunks group the batch by length
+        losses, correct, norms, stats = [], [], [], []
         if not self.train_weights:
-            losses, correct, stats = [], [], []
             with torch.no_grad():
-                for enc in chunks:
-                    logits = self.model(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"]).logits
-                    l, c = per_sample_loss(logits, enc["labels"])
+                for part, enc in chunks:
+                    logits, gold, rows = self._scored(part, enc)
+                    l, c = scored_loss(logits, gold, rows, len(part))
                     losses += l.tolist()
                     correct += c.tolist()
-                    stats += _rows(answer_token_stats(logits, enc["labels"]))
-            return self._collect(local, losses, correct, [None] * len(local), stats)
+                    stats += _rows(scored_stats(logits, gold, rows, len(part)))
+            return self._collect(order, losses, correct, [None] * len(order), stats)
         self.model.train()
-        losses, correct, norms, stats = [], [], [], []
-        for enc in chunks:
+        for part, enc in chunks:
             naive = self._naive_norms(enc) if self.grad_norm == "naive" and not idle else None
             with self.grad_norms.capture() if self.grad_norm == "fast" else nullcontext():
-                logits = self.model(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"]).logits
-                chunk_losses, chunk_correct = per_sample_loss(logits, enc["labels"])
+                logits, gold, rows = self._scored(part, enc)
+                chunk_losses, chunk_correct = scored_loss(logits, gold, rows, len(part))
                 # Sum over this process's samples, scaled so that DDP's average over processes is the batch mean.
                 loss = chunk_losses.sum() * (0.0 if idle else self.world / n_global)
                 finite = torch.isfinite(loss).float().reshape(1)
@@ -174,9 +188,9 @@ class Trainer:
                     finite = self.accelerator.gather(finite).min().reshape(1)
                 losses += chunk_losses.detach().tolist()
                 correct += chunk_correct.tolist()
-                stats += _rows(answer_token_stats(logits.detach(), enc["labels"]))
+                stats += _rows(scored_stats(logits.detach(), gold, rows, len(part)))
                 if not bool(finite.item()):
-                    return self._skip(local, losses, correct, stats)
+                    return self._skip(order, losses, correct, stats)
                 self.accelerator.backward(loss)
             if self.grad_norm == "fast":
                 norms += self.grad_norms.norms(scale=n_global / self.world).tolist()
@@ -189,15 +203,61 @@ class Trainer:
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         self.model.eval()
-        return self._collect(local, losses, correct, [] if idle else norms, stats)
+        return self._collect(order, losses, correct, norms, stats)
 
-    def _chunks(self, items: list[Item]) -> list[dict[str, torch.Tensor]]:
-        size = self.micro_batch or len(items)
+    def _chunks(self, items: list[Item]) -> list[tuple[list[Item], dict[str, torch.Tensor]]]:
+        """The batch in forwards of similar length (at most `micro_batch` samples each after an out-of-memory
+        error): fewer padded tokens, the same update."""
+        encoded = [encode(self.tokenizer, it) for it in items]
+        overhead = OVERHEAD_TOKENS.get(self.accelerator.device.type, OVERHEAD_TOKENS["cuda"])
+        if self.world > 1:  # every process must make as many forwards (their collectives pair up): in order
+            size = self.micro_batch or len(items)
+            groups = [list(range(i, min(i + size, len(items)))) for i in range(0, len(items), size)]
+        else:
+            groups = length_chunks([len(ids) for ids, _ in encoded], overhead, self.micro_batch)
         out = []
-        for i in range(0, len(items), size):
-            enc = collate([encode(self.tokenizer, it) for it in items[i : i + size]], self.tokenizer.pad_token_id)
-            out.append({k: v.to(self.accelerator.device) for k, v in enc.items()})
+        for idx in groups:
+            enc = collate([encoded[i] for i in idx], self.tokenizer.pad_token_id)
+            out.append(([items[i] for i in idx], {k: v.to(self.accelerator.device) for k, v in enc.items()}))
         return out
+
+    def _scored(self, part: list[Item], enc: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(N, vocab) logits at the answer positions of a chunk, their gold tokens and the row each belongs to; the
+        frozen bottom layers are read from the cache when there is one."""
+        rows, cols, gold = scored_positions(enc["labels"])
+        frozen = self._frozen_for(part, enc)
+        with head_rows(self.head, rows, cols):
+            if frozen is None:
+                logits = self.model(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"]).logits
+            else:
+                hidden = frozen.states([it.id for it in part], enc["input_ids"], enc["attention_mask"])
+                with frozen.feeding(hidden):
+                    logits = self.model(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"]).logits
+        return logits, gold, rows
+
+    def _frozen_for(self, part: list[Item], enc: dict[str, torch.Tensor]):
+        """The frozen-layer cache, once it has given the full forward's logits on the first sample (checked once
+        per trainer, so a model whose layers cannot be skipped this way falls back to the full forward)."""
+        if self.frozen is None or self._frozen_checked:
+            return self.frozen
+        self._frozen_checked = True
+        one = {k: v[:1, : int(enc["attention_mask"][0].sum())] for k, v in enc.items()}  # the chunk's first sample
+        rows, cols, _ = scored_positions(one["labels"])
+        was_training = self.model.training
+        self.model.eval()
+        with torch.no_grad(), head_rows(self.head, rows, cols):
+            full = self.model(input_ids=one["input_ids"], attention_mask=one["attention_mask"]).logits
+            hidden = self.frozen.states([part[0].id], one["input_ids"], one["attention_mask"])
+            with self.frozen.feeding(hidden):
+                fed = self.model(input_ids=one["input_ids"], attention_mask=one["attention_mask"]).logits
+        self.model.train(was_training)
+        gap = float((full - fed).abs().max()) if full.numel() else 0.0
+        if gap > 1e-3 * max(1.0, float(full.abs().max()) if full.numel() else 1.0):
+            self.frozen_note = f"the cached bottom layers gave logits {gap:.2g} away from the full forward's"
+            print(f"note: frozen-layer cache off ({self.frozen_note}); training runs every layer", flush=True)
+            self.frozen.close()
+            self.frozen = None
+        return self.frozen
 
     def _skip(self, local, losses, correct, stats) -> dict[str, StepSignals]:
         # A non-finite loss would poison the adapter; every process skips the update together.
@@ -225,15 +285,22 @@ class Trainer:
         norms = naive_grad_norms(self.model, one, enc["input_ids"].shape[0])
         return norms.detach()
 
-    def input_signals(self, prompts: list[tuple[str, str, str, str]], batch_size: int) -> dict[str, dict[str, float | None]]:
+    def input_signals(self, prompts: list[tuple[str, str, str, str]], batch_size: int,
+                      trained: set[str] = frozenset()) -> dict[str, dict[str, float | None]]:
         """adapters.inputs.input_signals of (key, system, question, target) under the base model: the adapter is off
-        for the pass. Every process measures its share; all get every result."""
+        for the pass. Every process measures its share; all get every result. For the keys in `trained` (training
+        samples' ids, on the prompt they will train on next) the frozen bottom layers' states are kept, so the next
+        epoch does not run those layers again."""
         from adapters.inputs import input_signals
 
         model = self.accelerator.unwrap_model(self.model)
         off = model.disable_adapter() if callable(getattr(model, "disable_adapter", None)) else nullcontext()
+        states_to = None
+        if self.frozen is not None and trained:
+            frozen = self.frozen
+            states_to = (frozen.layers[frozen.k], lambda key, ids, states: key in trained and frozen.offer(key, ids, states))
         with off:
-            mine = input_signals(model, self.tokenizer, prompts[self.rank :: self.world], batch_size)
+            mine = input_signals(model, self.tokenizer, prompts[self.rank :: self.world], batch_size, states_to)
         return dict(self._gather(sorted(mine.items())))
 
     def train_epoch(self, items: list[Item], batch_size: int, seed: int, progress=None) -> dict[str, StepSignals]:
@@ -250,35 +317,8 @@ class Trainer:
 
     def generate(self, prompts: list[tuple[str, str]], max_new_tokens: int, batch_size: int, progress=None) -> list[str]:
         """Greedy answers to (system, question) prompts; every process answers its share of the batches."""
+        from adapters.generate import greedy_replies
+
         model = self.accelerator.unwrap_model(self.model)
         mine = greedy_replies(model, self.tokenizer, prompts, max_new_tokens, batch_size, progress, self.rank, self.world)
         return [reply for _, reply in sorted(self._gather(mine))]
-
-
-@torch.no_grad()
-def greedy_replies(model, tokenizer, prompts: list[tuple[str, str]], max_new_tokens: int, batch_size: int, progress=None,
-                   rank: int = 0, world: int = 1) -> list[tuple[int, str]]:
-    """(index, greedy reply) for this process's batches of (system, question) prompts, left-padded.
-
-    Batches of similar length waste little on padding (about half the prefill time on bAbI held-out sets); the
-    order is fixed by the texts alone, so every process and every rerun batches alike, and whole batches go to
-    one process each, so every batch is padded exactly as in a single process."""
-    tok = tokenizer
-    model.eval()
-    side = tok.padding_side
-    tok.padding_side = "left"
-    texts = [prompt_text(tok, s, q) for s, q in prompts]
-    order = sorted(range(len(texts)), key=lambda i: (len(tok(texts[i], add_special_tokens=False)["input_ids"]), i))
-    mine: list[tuple[int, str]] = []
-    try:
-        for start in list(range(0, len(order), batch_size))[rank::world]:
-            idx = order[start : start + batch_size]
-            enc = tok([texts[j] for j in idx], return_tensors="pt", padding=True, add_special_tokens=False).to(model.device)
-            out = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=tok.pad_token_id,
-                                 eos_token_id=tok.eos_token_id)
-            mine += list(zip(idx, tok.batch_decode(out[:, enc["input_ids"].shape[1] :], skip_special_tokens=True)))
-            if progress is not None:
-                progress.update(len(idx) * world)
-    finally:
-        tok.padding_side = side
-    return mine

@@ -29,7 +29,7 @@ def main() -> None:
 
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from adapters.train import greedy_replies
+    from adapters.generate import greedy_replies
     from router.model_export import export_model
     from router.run import _quiet_libraries
 

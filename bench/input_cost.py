@@ -57,8 +57,8 @@ def main() -> None:
 
     # Today's pass, then without the shared opening cached, then the first design (the vocabulary head at every
     # position, nothing cached), each timed right after an epoch.
-    designs = {"inputs": {}, "no_prefix": {"_prefix": lambda model, rows: None},
-               "full_head": {"_prefix": lambda model, rows: None, "_scored_only": lambda model: None}}
+    designs = {"inputs": {}, "no_prefix": {"_prefix": lambda model, rows, layer=None: None},
+               "full_head": {"_prefix": lambda model, rows, layer=None: None, "_scored_only": lambda model: None}}
     epoch_s, times = [], {d: [] for d in designs}
     for r in range(args.rounds):
         t0 = time.perf_counter()

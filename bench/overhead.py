@@ -5,8 +5,9 @@ peft epoch on the same model, data, batch size and step count.
     python bench/overhead.py --model tiny --rounds 5
 
 Routed = the real graph (train_epoch with per-sample loss / correct / C2 → monitor → Send fan-out → policy →
-rewrite node with nothing to rewrite), minus held-out evaluation, which TRL's epoch does not do either.
-Both arms run interleaved in one process; one JSON line with the median ratio.
+rewrite node with nothing to rewrite), minus held-out evaluation, which TRL's epoch does not do either. TRL runs
+twice: with its defaults and with its own batching option (`padding_free`). The arms run interleaved in one
+process; one JSON line with the median ratios.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 
 
-def trl_epoch(base, tok, train, cfg) -> float:
+def trl_epoch(base, tok, train, cfg, padding_free: bool = False) -> float:
     import datasets
     import peft
     from trl import SFTConfig, SFTTrainer
@@ -39,8 +40,9 @@ def trl_epoch(base, tok, train, cfg) -> float:
         args = SFTConfig(output_dir=out, per_device_train_batch_size=cfg.train.batch_size, num_train_epochs=1,
                          learning_rate=cfg.train.lr, lr_scheduler_type="constant", warmup_steps=0, weight_decay=0.0,
                          use_cpu=True, bf16=False, gradient_checkpointing=False, save_strategy="no",
-                         logging_strategy="no", report_to="none", disable_tqdm=True, max_length=cfg.model.max_length,
-                         seed=cfg.train.seed, dataset_num_proc=None)
+                         logging_strategy="no", report_to="none", disable_tqdm=True,
+                         max_length=None if padding_free else cfg.model.max_length,  # TRL: not enforced padding-free
+                         seed=cfg.train.seed, dataset_num_proc=None, padding_free=padding_free)
         lora = peft.LoraConfig(r=cfg.lora.r, lora_alpha=cfg.lora.alpha, lora_dropout=cfg.lora.dropout,
                                target_modules=list(cfg.lora.target_modules), task_type="CAUSAL_LM")
         dataset = datasets.Dataset.from_list(rows)
@@ -109,17 +111,24 @@ def main() -> None:
 
     LoraOnlyPolicy.needs_saturation = False  # so the fan-out and policy run in the timed epoch
 
-    trl_t, routed_t, steps, decisions = [], [], None, 0
+    trl_t, free_t, routed_t, steps, decisions = [], [], [], None, 0
     for _ in range(args.rounds):
         t, steps = trl_epoch(base, tok, train, cfg)
         trl_t.append(t)
+        # TRL's own batching option: padding-free batches (one row of concatenated samples, positions restarting
+        # per sample; transformers masks attention per sample from those positions).
+        free_t.append(trl_epoch(base, tok, train, cfg, padding_free=True)[0])
         t, decisions = routed_epoch(base, tok, task, train, heldout, cfg)
         routed_t.append(t)
     ratio = statistics.median(r / t for r, t in zip(routed_t, trl_t))
+    ratio_free = statistics.median(r / t for r, t in zip(routed_t, free_t))
     print(json.dumps({"bench": "overhead", "model": args.model, "samples": args.samples, "batch": args.batch,
                       "steps_per_epoch": steps, "rounds": args.rounds, "routed_decisions_per_epoch": decisions,
-                      "trl_epoch_seconds": [round(t, 3) for t in trl_t], "routed_epoch_seconds": [round(t, 3) for t in routed_t],
-                      "median_ratio_routed_over_trl": round(ratio, 3)}))
+                      "trl_epoch_seconds": [round(t, 3) for t in trl_t],
+                      "trl_padding_free_epoch_seconds": [round(t, 3) for t in free_t],
+                      "routed_epoch_seconds": [round(t, 3) for t in routed_t],
+                      "median_ratio_routed_over_trl": round(ratio, 3),
+                      "median_ratio_routed_over_trl_padding_free": round(ratio_free, 3)}))
 
 
 if __name__ == "__main__":

@@ -45,7 +45,7 @@ def _stub_trainer() -> None:
                                            stats={"p_gold": p, "margin": 2 * p - 1, "el2n": 1 - p})
         return out
 
-    def input_signals(self, prompts, batch_size):
+    def input_signals(self, prompts, batch_size, trained=frozenset()):
         out = {}
         for key, _, question, _ in prompts:
             h = int(hashlib.sha256(question.encode()).hexdigest()[:8], 16)

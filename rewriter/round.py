@@ -35,10 +35,6 @@ SERIAL_SPEEDUP = 1.3
 CALIBRATION = 2
 
 
-# What the guard's embedder is tried on before the first epoch.
-_EXAMPLE = ("Mary moved to the bathroom. Where is Mary?", "Mary went to the bathroom. Where is Mary now?")
-
-
 def _exercise(name: str, check) -> None:
     """Run a strategy's check; a broken rule, or any exception it raises, is one line naming rewriter.strategy."""
     try:
@@ -126,12 +122,12 @@ class Rewriter:
     def preflight(self, remote: bool = False, shared_system: bool = False) -> None:
         """Before the first epoch, each component a round uses is built and exercised once, so that a broken one is
         one line (UserError) with nothing trained, rather than an error verdict on every rewrite of a run that then
-        finishes normally: the meaning guard's embedder, a built-in strategy on an example (yours ran its
+        finishes normally: the meaning guard's embedder (its files), a built-in strategy on an example (yours ran its
         conformance check in `plan`) against a scripted engine, and with `remote` the engine (`open_remote`: the
         same cheap request the dry run makes, no chat call, so nothing is paid)."""
         if self.guard.enabled and self.guard.similarity:
             try:
-                guard.embedder(self.guard.embedding_model).similarity(*_EXAMPLE)
+                guard.embedder(self.guard.embedding_model).folder()  # loaded when a rewrite first needs it
             except Exception as e:
                 raise UserError(f"rewriter.guard_similarity=true, but the meaning guard's embedder cannot run "
                                 f"({failure_reason(e)}); make it available or set rewriter.guard_similarity=false") from None

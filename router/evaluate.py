@@ -130,7 +130,7 @@ def evaluate(target: str, data: str, task: str | None = None, params: dict[str, 
              progress: bool = True, limit: int | None = None, split: str | None = None, overwrite: bool = False) -> dict[str, Any]:
     """Answer and score every sample of `data`; writes replies.jsonl and summary.json, returns the summary."""
     from adapters.model import load_model
-    from adapters.train import greedy_replies
+    from adapters.generate import greedy_replies
     from core.atomic import refuse_existing, write_text
 
     if long not in ("refuse", "truncate"):

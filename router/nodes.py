@@ -160,7 +160,7 @@ def measure_inputs(state, ctx: RunContext):
         return {}
     jobs = [(i, system_for(state, prompts[i]), prompts[i]["question"], ctx.by_id[i].target) for i in todo]
     jobs += [(f"{i}\t{fam}", c.system, c.question, c.target) for i, fam, c in copies]
-    measured = ctx.trainer.input_signals(jobs, ctx.cfg.train.eval_batch_size)
+    measured = ctx.trainer.input_signals(jobs, ctx.cfg.train.eval_batch_size, trained=set(todo))
     ctx.store.add_measured([{"sample_id": i, "since": prompts[i]["since"] or 0, **measured[i]} for i in todo],
                            [{"sample_id": i, "family": fam, "question": c.question, **measured[f"{i}\t{fam}"]}
                             for i, fam, c in copies])

@@ -130,7 +130,8 @@ def run(cfg: Config, resume_dir: Path | None = None) -> dict[str, Any]:
 
     trainer = Trainer(model, tokenizer, lr=cfg.train.lr, weight_decay=cfg.train.weight_decay,
                       train_weights=p.policy.trains_weights, grad_norm=cfg.train.grad_norm,
-                      max_nonfinite_steps=cfg.train.max_nonfinite_steps, max_grad_norm=cfg.train.max_grad_norm)
+                      max_nonfinite_steps=cfg.train.max_nonfinite_steps, max_grad_norm=cfg.train.max_grad_norm,
+                      frozen_cache_mb=cfg.train.frozen_cache_mb)
     ctx = RunContext(cfg=cfg, task=p.task, score=p.score, train=p.train, heldout=p.heldout, trainer=trainer, store=store,
                      policy=p.policy, rewriter=p.rewriter, run_dir=path, started=started, bar=_bar(cfg, dist))
     _execute(ctx, path, dist, durable=dist.is_main_process and dist.num_processes == 1)

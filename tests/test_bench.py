@@ -23,7 +23,7 @@ def _json_line(args, timeout=300):
 def test_overhead_bench_runs_both_arms():
     out = _json_line(["bench/overhead.py", "--model", "tiny", "--rounds", "1", "--samples", "8", "--batch", "4"])
     assert out["steps_per_epoch"] == 2 and out["routed_decisions_per_epoch"] == 8
-    assert out["median_ratio_routed_over_trl"] > 0
+    assert out["median_ratio_routed_over_trl"] > 0 and out["median_ratio_routed_over_trl_padding_free"] > 0
 
 
 @pytest.mark.parametrize("model", ["tiny"])

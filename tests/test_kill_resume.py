@@ -29,7 +29,8 @@ def _cli(*args, cwd, path=(), **env_vars):
 
 
 def _config(tmp, tiny_dir, base_url):
-    return write_config(tmp, tiny_dir, base_url, train={"epochs": 4}, rewriter={"concurrency": 2})
+    # LoRA on the top layer only: the frozen bottom layer's cache is on, and must not change what a resume gives.
+    return write_config(tmp, tiny_dir, base_url, train={"epochs": 4}, rewriter={"concurrency": 2}, lora={"top_layers": 1})
 
 
 class Recorder:

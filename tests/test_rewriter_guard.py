@@ -53,9 +53,41 @@ def test_guard_verdicts_with_embedding(original, new, gold, accepted, why):
     verdict = guard.assess(original, new, gold)
     assert verdict.accepted is accepted, verdict
     assert why.lower() in verdict.reason.lower()
-    assert set(verdict.scores) == {"similarity", "length_ratio", "numbers_kept", "names_kept", "reveals_answer"}
-    if accepted:
+    kept = guard.verbatim(original, new)
+    assert set(verdict.scores) == {"verbatim" if kept else "similarity", "length_ratio", "numbers_kept", "names_kept", "reveals_answer"}
+    if accepted and not kept:
         assert verdict.scores["similarity"] >= guard.DEFAULT_MIN_SIMILARITY
+
+
+def test_verbatim_layouts_skip_the_embedding_and_everything_else_gets_it(monkeypatch):
+    from rewriter.strategies import rules
+
+    story = "Mary moved to the bathroom.\nJohn went to the hallway.\nWhere is Mary?"
+    claim = "Claim: Drug X reduces pain.\n\nAbstract: We studied 40 patients. Pain fell.\n\nAnswer TRUE, FALSE or NONE."
+    for original, layout in ((story, rules.babi), (GSM1, rules.gsm8k), (claim, rules.clinifact), (GSM2, rules.generic)):
+        assert guard.verbatim(original, layout(original)), layout(original)
+    assert guard.verbatim(story, "Read carefully.\n" + story)
+    changed = [story.replace("Mary moved", "Mary never moved"),  # a word inside a sentence
+               story.replace("Mary moved to the bathroom.", "Mary moved to the bathroom. That is not so."),  # a negation
+               story.replace("bathroom.", "bathroom. Then she left."),  # a fact about someone it mentions
+               story + "\nSandra went to the garden.",  # an added fact about a place it mentions? a new name, new place
+               story.replace("\nWhere", "\nMary went to the garden.\nWhere"),  # an added fact with its names
+               story.replace("John went to the hallway.\n", ""),  # a sentence dropped
+               "Where is Mary?\n" + story.replace("\nWhere is Mary?", ""),  # reordered
+               GSM1 + " She sold 3 more.",  # a number added
+               "Natalia sold 48 clips in April and half as many in May. How many in all?"]  # a paraphrase
+    assert not any(guard.verbatim(o, n) for o, n in [(story, c) for c in changed[:7]] + [(GSM1, changed[7]), (GSM1, changed[8])])
+
+    # A verbatim rewrite is judged without the model: an embedder that cannot load is never asked.
+    class Broken(guard.Embedder):
+        def _load(self):
+            raise AssertionError("the embedding was computed")
+
+    monkeypatch.setitem(guard._EMBEDDERS, None, Broken())
+    verdict = guard.assess(story, rules.babi(story), "bathroom")
+    assert verdict.accepted and verdict.scores["verbatim"] is True and "similarity" not in verdict.scores
+    with pytest.raises(AssertionError, match="computed"):
+        guard.assess(story, story.replace("Mary moved to", "Mary walked into"), "bathroom")
 
 
 def test_similarity_separates_faithful_from_unfaithful():
@@ -71,8 +103,10 @@ def test_guard_is_configurable():
     assert off.accepted and "similarity" not in off.scores
     assert guard.assess(GSM2, new, "10", GuardConfig(enabled=False)).reason == "ok (guard off)"
     assert not guard.assess(GSM2, "  ", "10", GuardConfig(enabled=False)).accepted
-    strict = guard.assess(BABI, "Read carefully. " + BABI, "bathroom", GuardConfig(min_similarity=0.999))
+    strict = guard.assess(BABI, BABI.replace("Mary moved to the bathroom", "Mary travelled into the bathroom"), "bathroom", GuardConfig(min_similarity=0.999))
     assert not strict.accepted and "similarity" in strict.reason
+    # Every sentence kept word for word: no threshold applies, the meaning cannot have drifted.
+    assert guard.assess(BABI, "Read carefully. " + BABI, "bathroom", GuardConfig(min_similarity=0.999)).accepted
     with pytest.raises(ValueError, match="min_similarity=2"):
         GuardConfig(min_similarity=2)
 
@@ -140,7 +174,7 @@ def test_rules_babi():
     assert r.calls == 0 and r.tokens == 0
     assert r.new_question.splitlines()[:3] == ["Story:", "1. Mary moved to the bathroom.", "2. John went to the hallway."]
     assert r.new_question.endswith("Question: Where is Mary? Answer with one word: the place.")
-    assert r.scores["similarity"] > 0.85
+    assert r.scores["verbatim"] is True  # every sentence kept: the embedding is not needed
     # Deterministic; a second pass gives the same text, which the guard refuses as unchanged.
     assert _run(BABI, "bathroom").new_question == r.new_question
     again = _run(r.new_question, "bathroom", task="babi")

@@ -143,14 +143,14 @@ def test_nonfinite_losses_are_skipped_then_stop_the_run(monkeypatch):
     trainer = Trainer(wrap(model, LoraConfig(r=4, target_modules=["q_proj"]), seed=0), tok, lr=1e-2, max_nonfinite_steps=2)
     items = [Item("a", "Answer.", "Where is Mary?", "bathroom"), Item("b", "Answer.", "Where is John?", "garden")]
     before = {n: p.clone() for n, p in trainer.model.named_parameters() if p.requires_grad}
-    real = train_mod.per_sample_loss
-    monkeypatch.setattr(train_mod, "per_sample_loss", lambda logits, labels: (real(logits, labels)[0] * float("nan"), real(logits, labels)[1]))
+    real = train_mod.scored_loss
+    monkeypatch.setattr(train_mod, "scored_loss", lambda *a: (real(*a)[0] * float("nan"), real(*a)[1]))
     signals = trainer.step(items)
     assert trainer.skipped_steps == 1 and all(s.grad_norm is None for s in signals.values())
     assert all(torch.equal(p, before[n]) for n, p in trainer.model.named_parameters() if p.requires_grad)  # no update
     with pytest.raises(NonFiniteLoss, match="2 steps in a row had a non-finite loss"):
         trainer.step(items)
-    monkeypatch.setattr(train_mod, "per_sample_loss", real)
+    monkeypatch.setattr(train_mod, "scored_loss", real)
     trainer.nonfinite_in_a_row = 0
     trainer.step(items)
     assert trainer.nonfinite_in_a_row == 0 and trainer.skipped_steps == 2
