@@ -49,13 +49,13 @@ def demo(tree: Path) -> dict:
 
     cfg = yaml.safe_load(config)
     nodes = metrics["node_seconds"]
-    evaluations = len(metrics["heldout_accuracy"]) if isinstance(metrics["heldout_accuracy"], (list, dict)) else None
     acc = metrics["heldout_accuracy"]
-    last = acc[max(acc, key=lambda k: int(k))] if isinstance(acc, dict) else acc[-1] if isinstance(acc, list) else acc
+    evaluations = len(acc["per_epoch"])
     return {"process_wall_s": round(wall, 1), "run_wall_s": metrics["wall_seconds"], "node_s": nodes,
-            "heldout_accuracy_after": last,
+            "heldout_accuracy": {"before": acc["before"], "final": acc["final"]},
             "train_samples_per_s": round(cfg["task"]["n_train"] * cfg["train"]["epochs"] / nodes["train_epoch"], 2),
-            "heldout_replies_per_s": round(cfg["task"]["n_heldout"] * evaluations / nodes["evaluate"], 2) if evaluations else None}
+            "heldout_replies_per_s": round(cfg["task"]["n_heldout"] * evaluations / nodes["evaluate"], 2),
+            "summary": [line for line in proc.stdout.splitlines() if line.strip()][-8:]}
 
 
 def guard_worker(n: int) -> dict:
