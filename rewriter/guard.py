@@ -99,7 +99,8 @@ def verbatim(original: str, new: str) -> bool:
     with the original, negates nothing and refers to nobody (no pronoun): then no fact was dropped, changed or added about anything the original
     mentions. The rules strategy's layouts are of this kind; a paraphrase is not, and gets the embedding."""
     rewritten = _words(new)
-    kept = [w for w in (_words(s) for s in _SENTENCE.findall(original)) if w]
+    # List markers go before the split: "1." of a numbered line would otherwise pass for a sentence of its own.
+    kept = [w for w in (_words(s) for s in _SENTENCE.findall(_LIST_MARKER.sub("", original))) if w]
     if not kept:
         return False
     added, at = [], 0

@@ -67,6 +67,8 @@ def test_verbatim_layouts_skip_the_embedding_and_everything_else_gets_it(monkeyp
     for original, layout in ((story, rules.babi), (GSM1, rules.gsm8k), (claim, rules.clinifact), (GSM2, rules.generic)):
         assert guard.verbatim(original, layout(original)), layout(original)
     assert guard.verbatim(story, "Read carefully.\n" + story)
+    layout = rules.babi(story)  # a second round meets the layout itself: numbered lines are still verbatim
+    assert guard.verbatim(layout, layout) and guard.verbatim(layout, rules.babi(layout))
     changed = [story.replace("Mary moved", "Mary never moved"),  # a word inside a sentence
                story.replace("Mary moved to the bathroom.", "Mary moved to the bathroom. That is not so."),  # a negation
                story.replace("bathroom.", "bathroom. Then she left."),  # a fact about someone it mentions
