@@ -113,15 +113,9 @@ class FrozenStates:
     @torch.no_grad()
     def _compute(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """The states entering layer k for a right-padded batch: the bottom runs, the top layers are skipped."""
-        captured = {}
+        from adapters.inputs import _grab
 
-        def grab(module, args, kwargs):
-            captured["h"] = args[0] if args else kwargs["hidden_states"]
-
-        with ExitStack() as stack:
-            stack.enter_context(_skipped(self.layers[self.k :]))
-            handle = self.layers[self.k].register_forward_pre_hook(grab, with_kwargs=True)
-            stack.callback(handle.remove)
+        with _skipped(self.layers[self.k :]), _grab(self.layers[self.k]) as captured:
             self.decoder(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
         return captured["h"]
 

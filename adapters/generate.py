@@ -12,9 +12,8 @@ import copy
 
 import torch
 
+from adapters.inputs import MIN_PREFIX, _cache_arg
 from adapters.train import prompt_text
-
-MIN_PREFIX = 8  # shorter shared openings are not worth a cache
 
 
 def shared_prefix(ids: list[list[int]]) -> int:
@@ -33,14 +32,6 @@ def _prefix_cache(model, prefix: list[int]):
     out = model(input_ids=torch.tensor([prefix], device=model.device), use_cache=True)
     cache = getattr(out, "cache", None) or getattr(out, "past_key_values", None)
     return cache if callable(getattr(cache, "batch_repeat_interleave", None)) else None
-
-
-def _cache_kwarg(model) -> str:
-    """transformers 5 calls the cache argument `cache` (5.24 warns about `past_key_values`)."""
-    import inspect
-
-    forward = getattr(model, "get_base_model", lambda: model)().forward
-    return "cache" if "cache" in inspect.signature(forward).parameters else "past_key_values"
 
 
 def _left_padded(rows: list[list[int]], n: int, pad_id: int, device) -> tuple[torch.Tensor, torch.Tensor]:
@@ -78,7 +69,7 @@ def greedy_replies(model, tokenizer, prompts: list[tuple[str, str]], max_new_tok
         if cache is not None:
             copied = copy.deepcopy(cache)
             copied.batch_repeat_interleave(len(idx))
-            extra[_cache_kwarg(model)] = copied
+            extra[_cache_arg(getattr(model, "get_base_model", lambda: model)())] = copied
         out = model.generate(input_ids=input_ids, attention_mask=attention, max_new_tokens=max_new_tokens, do_sample=False,
                              pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id, **extra)
         mine += list(zip(idx, tok.batch_decode(out[:, input_ids.shape[1] :], skip_special_tokens=True)))

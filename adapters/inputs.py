@@ -183,11 +183,11 @@ def _prefix(model, rows: list[tuple[list[int], list[bool], list[bool]]], layer=N
     return None if cache is None else (n, cache, out.last_hidden_state[:, -1:], grabbed.get("h"))
 
 
-def _cache_arg(decoder) -> str:
-    """transformers 5 renamed the decoder's `past_key_values` to `cache` (5.24 warns about the old name)."""
+def _cache_arg(module) -> str:
+    """transformers 5 renamed the `past_key_values` argument to `cache` (5.24 warns about the old name)."""
     import inspect
 
-    return "cache" if "cache" in inspect.signature(decoder.forward).parameters else "past_key_values"
+    return "cache" if "cache" in inspect.signature(module.forward).parameters else "past_key_values"
 
 
 @torch.no_grad()
