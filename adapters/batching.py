@@ -1,9 +1,9 @@
 """How a training batch goes through the model cheaply without changing its update: samples of similar length share
-a forward (the batch's gradients still add up to one step), and the vocabulary head runs only where a logit is
-scored (the answer positions).
+a forward (the batch's gradients still add up to one step), and the vocabulary head, and the position-wise parts of
+the last layer, run only where a logit is scored (the answer positions).
 
-Both are exact: a sample's loss, correctness, statistics and C2 do not depend on which samples share its forward
-(padding is masked, attention is causal), and logits at unscored positions were computed only to be dropped.
+All exact: a sample's loss, correctness, statistics and C2 do not depend on which samples share its forward
+(padding is masked, attention is causal), and what was computed at unscored positions was only dropped.
 """
 
 from __future__ import annotations
@@ -53,3 +53,57 @@ def head_rows(head: torch.nn.Module, rows: torch.Tensor, cols: torch.Tensor):
         yield
     finally:
         handle.remove()
+
+
+def last_layer_parts(model) -> list[torch.nn.Module]:
+    """The position-wise modules of the decoder's last layer (its MLP and the attention's output projection): their
+    output at a position reaches nothing but that position's logits. Empty when the layer is not found by those
+    names."""
+    get_decoder = getattr(model, "get_decoder", None)
+    decoder = get_decoder() if callable(get_decoder) else None
+    layers = getattr(decoder, "layers", None)
+    if not isinstance(layers, torch.nn.ModuleList) or not len(layers):
+        return []
+    last = layers[-1]
+    parts = (getattr(last, "mlp", None), getattr(getattr(last, "self_attn", None), "o_proj", None))
+    return [p for p in parts if isinstance(p, torch.nn.Module)]
+
+
+@contextmanager
+def read_rows(parts: list[torch.nn.Module], rows: torch.Tensor, cols: torch.Tensor):
+    """While open, each module in `parts` (position-wise, of the last layer) runs only at (rows, cols) of its (B, T, d)
+    input and gives zeros elsewhere: most of a layer's work at the prompt positions, whose last-layer output no
+    logit reads. Each row's positions are gathered into a (B, W, d) block (W: the most any row has; spare slots
+    read position 0 and are dropped), so per-sample hooks still see one row per sample, and the dropped slots get
+    no gradient."""
+    if not parts or rows.numel() == 0:
+        yield
+        return
+    counts = torch.bincount(rows)
+    slot = torch.arange(rows.numel(), device=rows.device) - (counts.cumsum(0) - counts)[rows]
+    width = int(counts.max())
+    shape: dict[int, tuple[int, int]] = {}
+
+    def gather(module, args):
+        x = args[0]
+        if x.dim() != 3:
+            return None
+        index = torch.zeros((x.shape[0], width), dtype=torch.long, device=x.device)
+        index[rows, slot] = cols
+        shape[id(module)] = (x.shape[0], x.shape[1])
+        return (x[torch.arange(x.shape[0], device=x.device)[:, None], index],) + tuple(args[1:])
+
+    def scatter(module, args, output):
+        if id(module) not in shape:
+            return None
+        b, t = shape.pop(id(module))
+        out = output.new_zeros((b, t, output.shape[-1]))
+        out[rows, cols] = output[rows, slot]
+        return out
+
+    handles = [h for m in parts for h in (m.register_forward_pre_hook(gather), m.register_forward_hook(scatter))]
+    try:
+        yield
+    finally:
+        for h in handles:
+            h.remove()

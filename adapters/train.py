@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from adapters.batching import OVERHEAD_TOKENS, head_rows, length_chunks
+from adapters.batching import OVERHEAD_TOKENS, head_rows, last_layer_parts, length_chunks, read_rows
 from adapters.lora import PerSampleGradNorm, naive_grad_norms
 from adapters.signals import TOKEN_STATS, per_sample_loss, scored_loss, scored_positions, scored_stats
 
@@ -74,6 +74,18 @@ def _rows(stats: dict[str, torch.Tensor]) -> list[dict[str, float]]:
     return [{k: columns[k][i] for k in TOKEN_STATS} for i in range(len(columns[TOKEN_STATS[0]]))]
 
 
+def _gap(full: torch.Tensor, fast) -> float:
+    """How far the logits `fast()` gives are from `full` when beyond float rounding (inf if it fails), else 0."""
+    try:
+        got = fast()
+    except (RuntimeError, TypeError, IndexError, ValueError, AttributeError):
+        return float("inf")
+    if got.shape != full.shape:
+        return float("inf")
+    gap = float((full - got).abs().max()) if full.numel() else 0.0
+    return gap if gap > 1e-3 * max(1.0, float(full.abs().max()) if full.numel() else 1.0) else 0.0
+
+
 class NonFiniteLoss(RuntimeError):
     """Too many non-finite losses in a row: the run cannot make progress and stops with a clear message."""
 
@@ -108,7 +120,8 @@ class Trainer:
         self.head = unwrapped.get_output_embeddings()
         self.frozen = None  # adapters.frozen.FrozenStates, when the bottom layers are frozen and caching is on
         self.frozen_note: str | None = None  # why a cache that was asked for is off
-        self._frozen_checked = False
+        self.read_parts = last_layer_parts(unwrapped)  # run at the answer positions only (adapters.batching.read_rows)
+        self._fast_checked = False
         if frozen_cache_mb is not None:
             from adapters.frozen import FrozenStates
 
@@ -223,41 +236,48 @@ class Trainer:
 
     def _scored(self, part: list[Item], enc: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(N, vocab) logits at the answer positions of a chunk, their gold tokens and the row each belongs to; the
-        frozen bottom layers are read from the cache when there is one."""
+        frozen bottom layers are read from the cache when there is one, and the last layer's position-wise parts
+        run at the answer positions only."""
         rows, cols, gold = scored_positions(enc["labels"])
-        frozen = self._frozen_for(part, enc)
-        with head_rows(self.head, rows, cols):
-            if frozen is None:
-                logits = self.model(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"]).logits
-            else:
-                hidden = frozen.states([it.id for it in part], enc["input_ids"], enc["attention_mask"])
-                with frozen.feeding(hidden):
-                    logits = self.model(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"]).logits
-        return logits, gold, rows
+        self._check_fast_paths(part, enc)
+        return self._logits(part, enc, rows, cols, bool(self.read_parts), self.frozen is not None), gold, rows
 
-    def _frozen_for(self, part: list[Item], enc: dict[str, torch.Tensor]):
-        """The frozen-layer cache, once it has given the full forward's logits on the first sample (checked once
-        per trainer, so a model whose layers cannot be skipped this way falls back to the full forward)."""
-        if self.frozen is None or self._frozen_checked:
-            return self.frozen
-        self._frozen_checked = True
+    def _logits(self, part, enc, rows, cols, trim: bool, cached: bool) -> torch.Tensor:
+        with head_rows(self.head, rows, cols), read_rows(self.read_parts if trim else [], rows, cols):
+            if not cached:
+                return self.model(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"]).logits
+            hidden = self.frozen.states([it.id for it in part], enc["input_ids"], enc["attention_mask"])
+            with self.frozen.feeding(hidden):
+                return self.model(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"]).logits
+
+    def _check_fast_paths(self, part: list[Item], enc: dict[str, torch.Tensor]) -> None:
+        """Once per trainer, on the first sample: the last layer's trim, then the frozen-layer cache, must give the
+        full forward's logits; one that does not (a model whose layers cannot be cut this way) is turned off with a
+        note, and training runs the plain way."""
+        if self._fast_checked or (self.frozen is None and not self.read_parts):
+            return
+        self._fast_checked = True
         one = {k: v[:1, : int(enc["attention_mask"][0].sum())] for k, v in enc.items()}  # the chunk's first sample
+        first = part[:1]
         rows, cols, _ = scored_positions(one["labels"])
         was_training = self.model.training
         self.model.eval()
-        with torch.no_grad(), head_rows(self.head, rows, cols):
-            full = self.model(input_ids=one["input_ids"], attention_mask=one["attention_mask"]).logits
-            hidden = self.frozen.states([part[0].id], one["input_ids"], one["attention_mask"])
-            with self.frozen.feeding(hidden):
-                fed = self.model(input_ids=one["input_ids"], attention_mask=one["attention_mask"]).logits
-        self.model.train(was_training)
-        gap = float((full - fed).abs().max()) if full.numel() else 0.0
-        if gap > 1e-3 * max(1.0, float(full.abs().max()) if full.numel() else 1.0):
-            self.frozen_note = f"the cached bottom layers gave logits {gap:.2g} away from the full forward's"
-            print(f"note: frozen-layer cache off ({self.frozen_note}); training runs every layer", flush=True)
-            self.frozen.close()
-            self.frozen = None
-        return self.frozen
+        try:
+            with torch.no_grad():
+                full = self._logits(first, one, rows, cols, False, False)
+                if self.read_parts and _gap(full, lambda: self._logits(first, one, rows, cols, True, False)):
+                    print("note: the last layer runs at every position (cutting it to the answer positions changed "
+                          "the logits)", flush=True)
+                    self.read_parts = []
+                if self.frozen is not None:
+                    gap = _gap(full, lambda: self._logits(first, one, rows, cols, bool(self.read_parts), True))
+                    if gap:
+                        self.frozen_note = f"the cached bottom layers gave logits {gap:.2g} away from the full forward's"
+                        print(f"note: frozen-layer cache off ({self.frozen_note}); training runs every layer", flush=True)
+                        self.frozen.close()
+                        self.frozen = None
+        finally:
+            self.model.train(was_training)
 
     def _skip(self, local, losses, correct, stats) -> dict[str, StepSignals]:
         # A non-finite loss would poison the adapter; every process skips the update together.

@@ -20,10 +20,15 @@ def _json_line(args, timeout=300):
     return json.loads(lines[-1])
 
 
-def test_overhead_bench_runs_both_arms():
-    out = _json_line(["bench/overhead.py", "--model", "tiny", "--rounds", "1", "--samples", "8", "--batch", "4"])
+@pytest.mark.parametrize("top", [None, 1])
+def test_overhead_bench_runs_both_arms(top):
+    extra = [] if top is None else ["--top-layers", str(top)]
+    out = _json_line(["bench/overhead.py", "--model", "tiny", "--rounds", "1", "--samples", "8", "--batch", "4", *extra])
     assert out["steps_per_epoch"] == 2 and out["routed_decisions_per_epoch"] == 8
-    assert out["median_ratio_routed_over_trl"] > 0 and out["median_ratio_routed_over_trl_padding_free"] > 0
+    assert out["lora_top_layers"] == top and out["input_pass_seconds"][0] > 0
+    for over in ("trl", "trl_padding_free"):
+        # The input pass is timed apart from the epoch, and the ratio with it is the larger.
+        assert 0 < out[f"median_ratio_routed_over_{over}"] < out[f"median_ratio_routed_with_input_pass_over_{over}"]
 
 
 @pytest.mark.parametrize("model", ["tiny"])

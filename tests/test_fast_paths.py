@@ -1,5 +1,5 @@
 """The training and generation fast paths give what the plain paths give: length-grouped forwards, the vocabulary
-head on answer positions only, the frozen bottom layers' cache (in memory, spilled to disk, filled by the input
+head and the last layer's position-wise parts on answer positions only, the frozen bottom layers' cache (in memory, spilled to disk, filled by the input
 pass, invalidated by a rewrite, refused where inexact) and the held-out prompts' shared opening run once."""
 
 import copy
@@ -37,8 +37,8 @@ def tiny():
     return model, tok
 
 
-def _deep(model, top_layers=1):
-    m = wrap(copy.deepcopy(model), LoraConfig(r=4, target_modules=["q_proj", "v_proj"], top_layers=top_layers), seed=0)
+def _deep(model, top_layers=1, targets=("q_proj", "v_proj")):
+    m = wrap(copy.deepcopy(model), LoraConfig(r=4, target_modules=list(targets), top_layers=top_layers), seed=0)
     torch.manual_seed(1)
     for name, p in m.named_parameters():
         if "lora_B" in name:
@@ -74,6 +74,44 @@ def test_head_rows_give_the_full_logits_at_the_answer_positions(tiny):
         with batching.head_rows(model.get_output_embeddings(), rows, cols):
             picked = model(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"]).logits
     torch.testing.assert_close(picked, full[:, :-1][rows, cols], rtol=1e-5, atol=1e-5)
+
+
+# LoRA inside the cut modules too (o_proj, down_proj): their per-sample norms must see one row per sample.
+@pytest.mark.parametrize("targets", [("q_proj", "v_proj"), ("q_proj", "o_proj", "down_proj")])
+def test_the_last_layer_at_answer_positions_gives_the_full_losses_c2_statistics_and_weights(tiny, targets):
+    model, tok = tiny
+    items = _items(10)
+    plain = Trainer(_deep(model, None, targets), tok, lr=1e-2)
+    plain.read_parts = []
+    reference = _epochs(plain, items)
+    cut = Trainer(_deep(model, None, targets), tok, lr=1e-2)
+    assert len(cut.read_parts) == 2
+    widths = []  # what the last MLP's inner projection is given: the answer positions, not the whole sequence
+    cut.read_parts[0].down_proj.register_forward_hook(lambda m, args, out: widths.append(args[0].shape[1]))
+    got = _epochs(cut, items)
+    shortest = min(len(encode(tok, it)[0]) for it in items)
+    # widths[0] is the check's full forward on one sample; then every forward is a few answer tokens wide.
+    assert len(widths) > 2 and widths[0] >= shortest and max(widths[1:]) < shortest / 4
+    assert len(cut.read_parts) == 2  # the check on the first sample kept it
+    _assert_same(reference, got, _weights(plain), _weights(cut))
+
+
+def test_a_last_layer_cut_that_changes_the_logits_is_turned_off(tiny, monkeypatch, capsys):
+    model, tok = tiny
+    from adapters import train
+
+    real = batching.read_rows
+
+    def wrong(parts, rows, cols):  # also zeroes a position some logit reads
+        return real(parts, rows[1:], cols[1:]) if parts else real(parts, rows, cols)
+
+    monkeypatch.setattr(train, "read_rows", wrong)
+    trainer = Trainer(_deep(model, None), tok, lr=1e-2)
+    got = _epochs(trainer, _items(6), epochs=1)
+    assert trainer.read_parts == [] and "the last layer runs at every position" in capsys.readouterr().out
+    plain = Trainer(_deep(model, None), tok, lr=1e-2)
+    plain.read_parts = []
+    _assert_same(_epochs(plain, _items(6), epochs=1), got, {}, {})
 
 
 def _epochs(trainer, items, epochs=2):
