@@ -44,7 +44,7 @@ class TrainConfig:
     eval_batch_size: int = option(16, "Held-out samples per generation batch.")
     max_new_tokens: int = option(16, "Greedy generation length for held-out evaluation.")
     eval_every: int = option(1, "Evaluate the held-out set every N epochs (before training and after the last epoch always); 0: only those two.")
-    max_grad_norm: float | None = option(None, "Clip the norm of each LoRA update's gradient to this value before the optimizer step (TRL's SFTTrainer default is 1.0); null: no clipping. C2 is measured before clipping.")
+    max_grad_norm: float | None = option(1.0, "Clip the norm of each LoRA update's gradient to this value before the optimizer step (1.0, as TRL's SFTTrainer: an unclipped run can diverge in a late epoch); null: no clipping. C2 is measured before clipping.")
     max_nonfinite_steps: int = option(3, "A step with a NaN or inf loss is skipped and recorded; this many in a row stop the run.")
     grad_norm: Literal["fast", "naive", "off"] = option("fast", "C2: fast (exact, from the normal backward), naive (one backward per sample), off.")
     frozen_cache_mb: float | None = option(2048, "With lora.top_layers, the frozen bottom layers' output for each sample's prompt is computed once and reused every epoch (exact; recomputed after a rewrite): this much of it is kept in memory, the rest in a temporary folder. null: run every layer every step.")

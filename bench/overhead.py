@@ -82,7 +82,8 @@ def routed_epoch(base, tok, task, train, heldout, cfg) -> tuple[float, float, in
     with tempfile.TemporaryDirectory() as out:
         store = Store(Path(out) / "run.sqlite")
         model = wrap(copy.deepcopy(base), cfg.lora, seed=cfg.train.seed)
-        trainer = Trainer(model, tok, lr=cfg.train.lr, frozen_cache_mb=cfg.train.frozen_cache_mb)
+        trainer = Trainer(model, tok, lr=cfg.train.lr, frozen_cache_mb=cfg.train.frozen_cache_mb,
+                          max_grad_norm=cfg.train.max_grad_norm)  # clipped as TRL's arms are (max_grad_norm 1.0)
         policy = build(cfg.policy.name, {}, p=cfg.saturation.p, seed=0)
         ctx = RunContext(cfg=cfg, task=task, score=task.score, train=train, heldout=heldout, trainer=trainer,
                          store=store, policy=policy, rewriter=Rewriter.plan(cfg.rewriter, task=task.name))
@@ -116,6 +117,7 @@ def main() -> None:
     import torch
 
     torch.set_num_threads(int(os.environ.get("BENCH_THREADS", "2")))
+    from core.provenance import stamp
     from router.config import load as load_config
     from tasks import load_task
 
@@ -156,7 +158,8 @@ def main() -> None:
                       "median_ratio_routed_over_trl": ratio(trl_t),
                       "median_ratio_routed_over_trl_padding_free": ratio(free_t),
                       "median_ratio_routed_with_input_pass_over_trl": ratio(trl_t, plus=True),
-                      "median_ratio_routed_with_input_pass_over_trl_padding_free": ratio(free_t, plus=True)}))
+                      "median_ratio_routed_with_input_pass_over_trl_padding_free": ratio(free_t, plus=True),
+                      "stamp": stamp(vars(args))}))
 
 
 if __name__ == "__main__":

@@ -3,7 +3,7 @@
     python bench/run_digest.py runs/a runs/b
 
 Prints one JSON line: per run, a sha256 of each table of run.sqlite (signals, decisions, rewrites, evals, epochs)
-and of metrics.json, with wall-clock fields (seconds, wall_seconds, round times) and the run's path left out, and whether all runs agree.
+and of metrics.json, with wall-clock fields (seconds, wall_seconds, round times), the run's path and the code stamp left out, and whether all runs agree.
 """
 
 from __future__ import annotations
@@ -16,8 +16,10 @@ from pathlib import Path
 
 TABLES = {"signals": "epoch, sample_id", "decisions": "epoch, sample_id, path", "rewrites": "epoch, sample_id",
           "evals": "epoch, sample_id", "epochs": "epoch"}
-# Wall-clock fields, and the run folder's own path, differ between any two runs.
-CLOCK = {"seconds", "wall_seconds", "processes", "round_seconds", "round_busy_seconds", "busy_seconds", "node_seconds", "run_dir"}
+# Wall-clock fields, the run folder's own path and the code stamp (commit, date: core/provenance.py) differ between
+# any two runs; the digest compares what the runs decided and measured.
+CLOCK = {"seconds", "wall_seconds", "processes", "round_seconds", "round_busy_seconds", "busy_seconds", "node_seconds",
+         "run_dir", "code"}
 
 
 def _strip(obj):

@@ -177,6 +177,10 @@ def main() -> None:
         result[name] = {"tree": str(tree), "stubbed": rows, "growth": _growth(rows)}
         if args.real_n:
             result[name]["full_run"] = _measure(tree, args.real_n, stub=False)
+    sys.path.insert(0, str(ROOT))
+    from core.provenance import stamp
+
+    result["stamp"] = stamp(vars(args))  # the commit measured as head, the date and the arguments
     print(json.dumps(result))
 
 

@@ -145,6 +145,10 @@ def main() -> None:
                for t in ("babi", "controlled")},
             "experiment_wall": _ratio(base.get("experiment", {}).get("wall_s"), head.get("experiment", {}).get("wall_s")),
         }
+    sys.path.insert(0, str(ROOT))
+    from core.provenance import stamp
+
+    result["stamp"] = stamp(vars(args))  # the commit measured as head, the date and the arguments
     print(json.dumps(result))
 
 

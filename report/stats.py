@@ -14,6 +14,8 @@ from typing import Any
 
 import numpy as np
 
+from core.provenance import footer, runs_match, stamp
+
 
 def mean_std(values: list[float]) -> tuple[float, float]:
     """Mean and sample standard deviation (ddof=1; 0 for a single value)."""
@@ -125,7 +127,7 @@ def _run_facts(run_dir: Path) -> dict[str, Any] | None:
     return {"config": run.config, "policy": run.policy, "final": m["heldout_accuracy"]["final"], **both,
             "before": m["heldout_accuracy"]["before"], "symbolic": c.get("symbolic", 0), "accepted": c.get("rewrites_accepted", 0),
             "rewritten_samples": c.get("rewritten_samples", 0), "llm_calls": m["llm"]["calls"], "cost": m["llm"]["cost"],
-            "wall_seconds": m["wall_seconds"], "routing": m.get("routing"),
+            "wall_seconds": m["wall_seconds"], "routing": m.get("routing"), "code": m.get("code"),
             "correct": {e["sample_id"]: int(e["correct"]) for e in run.evals if e["epoch"] == last}}
 
 
@@ -166,11 +168,13 @@ def arm_table(name: str, arms: list[str], seeds: list[int], runs: dict[tuple[str
     detection = _detection_means([x["routing"] for s, x in base.items() if x is not None])
     n_items = next((len(x["correct"]) for x in facts.values() if x is not None), 0)
     routes = any(_routes_symbolic(x["policy"]) for x in facts.values() if x is not None)
+    table_stamp = stamp({"arms": arms, "seeds": seeds, "baseline": baseline, "config": config})
     return {"name": name, "routes": routes, "task": config.get("task", {}).get("name"), "model": config.get("model", {}).get("name_or_path"),
             "strategy": config.get("rewriter", {}).get("strategy"), "engine": config.get("rewriter", {}).get("engine"),
             "n_train": config.get("task", {}).get("n_train"), "n_heldout": n_items, "epochs": config.get("train", {}).get("epochs"),
             "p": config.get("saturation", {}).get("p"), "scoring": config.get("task", {}).get("scoring", "flexible"), "baseline": baseline, "seeds": seeds, "confidence": confidence,
-            "bootstrap": draws, "arms": rows, **({"detection": detection} if detection else {})}
+            "bootstrap": draws, "arms": rows, **({"detection": detection} if detection else {}),
+            "stamp": table_stamp, "runs_code_matches": runs_match([x["code"] for x in facts.values() if x is not None], table_stamp)}
 
 
 CEILING = "lora-clean"  # the controlled benchmark's ceiling arm; the baseline is its floor
@@ -307,6 +311,9 @@ def markdown_table(tables: list[dict[str, Any]]) -> str:
                    "confidence; a Δ well inside it is an uninformative null, not evidence of no effect.")
         out.append("")
         out += _routing_table(t, level)
+        if t.get("stamp"):
+            out += ["", footer(t["stamp"]) + ("" if t.get("runs_code_matches", True) else
+                                              " Some of its runs were made by other code (reused runs)."), ""]
     return "\n".join(out)
 
 

@@ -6,12 +6,14 @@ crash ever sees half a file.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from pathlib import Path
 from typing import Any
 
 from core.atomic import folder_atomic, write_text
+from core.provenance import stamp
 
 
 def augmented_rows(ctx, state) -> list[dict[str, Any]]:
@@ -114,6 +116,9 @@ def export_run(path: Path, ctx, state, started: float) -> dict[str, Any]:
         "wall_seconds": round(wall, 3), "processes": processes,
         # Seconds per graph node and for checkpoints, up to this export (run.sqlite's timings has them per epoch).
         "node_seconds": ctx.store.timing_totals(),
+        # The code and config that produced these numbers (core/provenance.py): a table made from this run later
+        # knows whether its scorer or trainer has changed since.
+        "code": stamp(dataclasses.asdict(ctx.cfg)),
     }
     write_text(path / "metrics.json", json.dumps(metrics, indent=2))
     return metrics

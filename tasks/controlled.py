@@ -10,7 +10,7 @@ recorded in run.sqlite, scored against the routing decisions (a knowledge sample
 positive), and never shown to a policy (only the `oracle` reference arm declares it needs the fault).
 
     task: {name: controlled, babi_task: 1, params: {fault_share: 0.25, knowledge_share: 0.25,  # 0 by default for task 3
-                                                    families: [shuffled, phrasing, distractors, noise]}}
+                                                    families: [shuffled, phrasing, distractors, noise, latest_first]}}
 
 A family is a function `(sample, rng) -> Sample` that returns the sample with its question re-presented; your
 own is named as 'package.module:function' in `families`. `canonical` (used by the rules strategy) restores
@@ -133,7 +133,18 @@ def noise(sample: Sample, rng: random.Random) -> Sample:
     return _with(sample, [garble(s) for s in story], question)
 
 
-FAMILIES: dict[str, Family] = {"shuffled": shuffled, "phrasing": phrasing, "distractors": distractors, "noise": noise}
+LATEST_FIRST = "Most recent first:"
+
+
+def latest_first(sample: Sample, rng: random.Random) -> Sample:
+    """The story told backwards under a header that says so. Unlike the others this one misleads: a model trained
+    on it learns that the first mention answers, which is wrong on a story told in order (the held-out ones)."""
+    story, question = _lines(sample)
+    return _with(sample, [LATEST_FIRST, *story[::-1]], question)
+
+
+FAMILIES: dict[str, Family] = {"shuffled": shuffled, "phrasing": phrasing, "distractors": distractors, "noise": noise,
+                               "latest_first": latest_first}
 
 
 # ------------------------------------------------------------------------------------------------ canonical
@@ -161,10 +172,12 @@ def _fix_word(word: str) -> str:
 
 def canonical(question: str) -> str:
     """The canonical bAbI presentation of a question, from its text alone: markup, case and swapped letters
-    fixed, time-marked sentences put back in order, irrelevant sentences dropped, the question asked plainly.
+    fixed, time-marked or backwards-told sentences put back in order, irrelevant sentences dropped, the question asked plainly.
     A clean question comes back unchanged."""
     lines = [line for line in question.strip().split("\n") if line.strip()]
     story, asked = lines[:-1], lines[-1].strip()
+    if story and story[0].strip() == LATEST_FIRST:  # latest_first: back in the order it happened
+        story = story[1:][::-1]
     story = [" ".join(_fix_word(w) for w in s.split(" ")) for s in story]
     story = [s[0].upper() + s[1:] if s else s for s in story]
     marked = [_MARK.match(s) for s in story]

@@ -26,6 +26,7 @@ def test_overhead_bench_runs_both_arms(top):
     out = _json_line(["bench/overhead.py", "--model", "tiny", "--rounds", "1", "--samples", "8", "--batch", "4", *extra])
     assert out["steps_per_epoch"] == 2 and out["routed_decisions_per_epoch"] == 8
     assert out["lora_top_layers"] == top and out["input_pass_seconds"][0] > 0
+    assert out["stamp"]["commit"] and out["stamp"]["config_hash"]
     for over in ("trl", "trl_padding_free"):
         # The input pass is timed apart from the epoch, and the ratio with it is the larger.
         assert 0 < out[f"median_ratio_routed_over_{over}"] < out[f"median_ratio_routed_with_input_pass_over_{over}"]

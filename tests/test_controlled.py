@@ -39,6 +39,18 @@ def test_every_family_is_undone_by_the_canonicaliser_and_clean_text_is_left_alon
         assert (f.answer, f.target) == (c.answer, c.target)
 
 
+def test_latest_first_makes_the_first_mention_the_answer_which_is_wrong_told_in_order():
+    _, faulty, _ = _split(share=1.0, knowledge_share=0.0, families=["latest_first"])
+    _, clean, _ = _split(share=0.0, knowledge_share=0.0)
+    misled = 0
+    for f, c in zip(faulty, clean):
+        person = c.question.split("\n")[-1].removeprefix("Where is ").rstrip("?")
+        first = lambda q: next(line for line in q.split("\n")[:-1] if line.startswith(person + " "))
+        assert first(f.question).rstrip(".").endswith(f.answer)  # faulted: the first mention answers
+        misled += not first(c.question).rstrip(".").endswith(c.answer)  # in order: often it does not
+    assert misled >= len(clean) // 4
+
+
 def test_knowledge_samples_are_clean_harder_stories_shared_with_the_clean_ceiling():
     _, train, heldout = _split(n_train=40, share=0.5)
     _, ceiling, _ = _split(n_train=40, share=0.0)

@@ -193,7 +193,8 @@ def test_same_seed_gives_same_decisions_and_metrics(routed_run, tiny_dir, tmp_pa
         # The engine's name holds the fake server's port, which differs between the two runs.
         drop = lambda rs: [{k: v for k, v in r.items() if k not in ("engine", "seconds")} for r in rs]
         assert drop(rows(again, sql)) == drop(rows(run_dir, sql))
-    strip = lambda m: {k: v for k, v in m.items() if k not in ("wall_seconds", "node_seconds", "train", "llm")}
+    # The code stamp holds the date it was written.
+    strip = lambda m: {k: v for k, v in m.items() if k not in ("wall_seconds", "node_seconds", "train", "llm", "code")}
     m1, m2 = (json.loads((d / "metrics.json").read_text()) for d in (run_dir, again))
     assert strip(m1) == strip(m2)
     timed = ("engine", "rounds", "concurrency_speedup", "serial_server")  # times, and what depends on them

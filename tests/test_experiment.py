@@ -183,7 +183,10 @@ def test_same_seeds_give_the_same_table_and_a_rerun_runs_nothing(experiment, tin
     out = capsys.readouterr().out
     assert out.count("finished earlier") == len(ARMS) * len(SEEDS)
     assert stamps == {k: (d / "metrics.json").stat().st_mtime_ns for k, d in run_dirs(root).items()}
-    assert json.loads((root / "results.json").read_text()) == before
+    after = json.loads((root / "results.json").read_text())
+    # The table was made again (a new date in its stamp), from the same runs and the same code.
+    assert {k: v for k, v in after.items() if k != "stamp"} == {k: v for k, v in before.items() if k != "stamp"}
+    assert {k: v for k, v in after["stamp"].items() if k != "date"} == {k: v for k, v in before["stamp"].items() if k != "date"}
 
     # A fresh experiment with the same seeds, in another folder, gives the same numbers.
     again = write_experiment(tmp_path, tiny_dir, tiny_backbone, arms=["lora-only", "loss-ratio", "random"], name="tiny-exp")
@@ -372,3 +375,26 @@ def test_gemma3_270m_resolves_to_the_checked_gguf_from_its_wheels(tmp_path, monk
     arch = gguf.GGUFReader(str(path)).fields["general.architecture"]
     assert bytes(arch.parts[arch.data[0]]).decode() == "gemma3"
     assert resolve("gemma3-270m", None) == (folder, name)  # joined once, then reused
+
+
+def test_a_table_is_stamped_and_goes_stale_when_its_scorer_changes(experiment, tmp_path):
+    import shutil
+
+    from core import provenance
+
+    _, _, root = experiment
+    table = json.loads((root / "results.json").read_text())
+    assert table["stamp"]["sources"] == provenance.file_hashes() and table["runs_code_matches"] is True
+    assert provenance.stale(table) is None
+    assert "Produced by commit" in (root / "results.md").read_text()
+    metrics = json.loads((root / "lora-only" / "seed-0" / "metrics.json").read_text())
+    assert metrics["code"]["sources"] == table["stamp"]["sources"] and metrics["code"]["config_hash"]
+    # The same table judged against a tree whose scorer has changed since: stale, naming the scorer.
+    tree = tmp_path / "tree"
+    for rel in provenance.SOURCES:
+        (tree / rel).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(provenance.ROOT / rel, tree / rel)
+    assert provenance.stale(table, root=tree) is None
+    with open(tree / "tasks" / "scoring.py", "a") as f:
+        f.write("\n# a change to how replies are scored\n")
+    assert "tasks/scoring.py changed" in provenance.stale(table, root=tree)

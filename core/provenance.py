@@ -1,0 +1,83 @@
+"""Which code produced a number: the stamp a run's metrics.json and every results table carry, and the check that
+finds a results file older than the code that computes its numbers.
+
+A stamp holds the commit (and whether the working tree had uncommitted changes), the date, a hash of the config,
+and the sha256 of each source file that computes held-out numbers (SOURCES: the scorers, the trainer and held-out
+generation, the statistics). Staleness is judged by those contents, not by commit order, so a table produced from
+uncommitted code and committed with it is fresh, and a change to a scorer makes every table scored by it stale
+until it is produced again.
+"""
+
+from __future__ import annotations
+
+import datetime
+import hashlib
+import json
+import subprocess
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# The code every held-out number goes through: how a reply is scored, how the model is trained and answers, and
+# how accuracies become means, intervals and MDEs.
+SOURCES = ("tasks/scoring.py", "adapters/train.py", "adapters/signals.py", "adapters/generate.py", "report/stats.py")
+
+
+def file_hashes(root: Path = ROOT, sources: tuple[str, ...] = SOURCES) -> dict[str, str]:
+    """sha256 (first 16 hex digits) of each source file as it is now; a missing file hashes as "missing"."""
+    out = {}
+    for rel in sources:
+        path = root / rel
+        out[rel] = hashlib.sha256(path.read_bytes()).hexdigest()[:16] if path.is_file() else "missing"
+    return out
+
+
+def config_hash(config: Any) -> str | None:
+    if config is None:
+        return None
+    text = json.dumps(config, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def _git(root: Path, *args: str) -> str | None:
+    try:
+        done = subprocess.run(["git", "-C", str(root), *args], capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return done.stdout.strip() if done.returncode == 0 else None
+
+
+def stamp(config: Any = None, root: Path = ROOT, sources: tuple[str, ...] = SOURCES) -> dict[str, Any]:
+    """{commit, dirty, date, config_hash, sources}; commit is None outside a git checkout (e.g. an installed wheel)."""
+    commit = _git(root, "rev-parse", "HEAD")
+    status = _git(root, "status", "--porcelain", "--untracked-files=no") if commit else None
+    return {"commit": commit, "dirty": bool(status) if status is not None else None,
+            "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            "config_hash": config_hash(config), "sources": file_hashes(root, sources)}
+
+
+def stale(results: dict[str, Any], root: Path = ROOT) -> str | None:
+    """Why a results table no longer matches the code (one line), or None when it does."""
+    st = results.get("stamp")
+    if not isinstance(st, dict) or not isinstance(st.get("sources"), dict):
+        return "it has no stamp (produced before stamps existed): produce it again"
+    now = file_hashes(root, tuple(st["sources"]))
+    changed = [rel for rel, h in st["sources"].items() if now.get(rel) != h]
+    if changed:
+        return f"{', '.join(changed)} changed since commit {str(st.get('commit'))[:10]} produced it: produce it again"
+    if results.get("runs_code_matches") is False:
+        return "some of its runs were produced by other code than the table (reused runs): rerun them"
+    return None
+
+
+def runs_match(run_stamps: list[dict[str, Any] | None], table_stamp: dict[str, Any]) -> bool:
+    """Whether every run was trained and scored by the same SOURCES as the table (runs are reused across invocations
+    of an experiment, so a table can gather runs made by older code)."""
+    return all(isinstance(s, dict) and s.get("sources") == table_stamp["sources"] for s in run_stamps)
+
+
+def footer(st: dict[str, Any]) -> str:
+    """The line under a markdown table that says what produced it."""
+    commit = (st.get("commit") or "unknown")[:10] + (" with uncommitted changes" if st.get("dirty") else "")
+    return f"Produced by commit {commit} on {st['date']} (config {st.get('config_hash') or '—'})."
