@@ -55,7 +55,14 @@ def demo(tree: Path) -> dict:
             "heldout_accuracy": {"before": acc["before"], "final": acc["final"]},
             "train_samples_per_s": round(cfg["task"]["n_train"] * cfg["train"]["epochs"] / nodes["train_epoch"], 2),
             "heldout_replies_per_s": round(cfg["task"]["n_heldout"] * evaluations / nodes["evaluate"], 2),
-            "summary": [line for line in proc.stdout.splitlines() if line.strip()][-8:]}
+            "summary": _summary(proc.stdout)}
+
+
+def _summary(stdout: str) -> list[str]:
+    """The run's closing summary as printed: from its held-out accuracy line to the end."""
+    lines = [line for line in stdout.splitlines() if line.strip()]
+    starts = [i for i, line in enumerate(lines) if line.startswith("held-out accuracy:")]
+    return lines[starts[-1]:] if starts else lines[-8:]
 
 
 def guard_worker(n: int) -> dict:

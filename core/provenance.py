@@ -48,12 +48,38 @@ def _git(root: Path, *args: str) -> str | None:
     return done.stdout.strip() if done.returncode == 0 else None
 
 
+def machine() -> str:
+    """The machine in words: CPU model, cores, memory and any CUDA device (a figure means little without it)."""
+    import os
+    import platform
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            cpu = next((ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")), cpu)
+    except OSError:
+        pass
+    parts = [cpu, f"{os.cpu_count()} cores"]
+    try:
+        parts.append(f"{os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES') / 2**30:.0f} GiB")
+    except (ValueError, OSError, AttributeError):
+        pass
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            parts.append(torch.cuda.get_device_name(0))
+    except ImportError:
+        pass
+    return ", ".join(parts)
+
+
 def stamp(config: Any = None, root: Path = ROOT, sources: tuple[str, ...] = SOURCES) -> dict[str, Any]:
-    """{commit, dirty, date, config_hash, sources}; commit is None outside a git checkout (e.g. an installed wheel)."""
+    """{commit, dirty, date, machine, config_hash, sources}; commit is None outside a git checkout (an installed wheel)."""
     commit = _git(root, "rev-parse", "HEAD")
     status = _git(root, "status", "--porcelain", "--untracked-files=no") if commit else None
     return {"commit": commit, "dirty": bool(status) if status is not None else None,
-            "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"), "machine": machine(),
             "config_hash": config_hash(config), "sources": file_hashes(root, sources)}
 
 
@@ -71,13 +97,21 @@ def stale(results: dict[str, Any], root: Path = ROOT) -> str | None:
     return None
 
 
+# What a run's own numbers go through; the statistics (report/stats.py) act on the table alone.
+RUN_SOURCES = tuple(s for s in SOURCES if s != "report/stats.py")
+
+
 def runs_match(run_stamps: list[dict[str, Any] | None], table_stamp: dict[str, Any]) -> bool:
-    """Whether every run was trained and scored by the same SOURCES as the table (runs are reused across invocations
+    """Whether every run was trained and scored by the same files as the table (runs are reused across invocations
     of an experiment, so a table can gather runs made by older code)."""
-    return all(isinstance(s, dict) and s.get("sources") == table_stamp["sources"] for s in run_stamps)
+    def run_part(sources: Any) -> dict[str, Any] | None:
+        return {k: sources.get(k) for k in RUN_SOURCES} if isinstance(sources, dict) else None
+
+    return all(isinstance(s, dict) and run_part(s.get("sources")) == run_part(table_stamp["sources"]) for s in run_stamps)
 
 
 def footer(st: dict[str, Any]) -> str:
     """The line under a markdown table that says what produced it."""
     commit = (st.get("commit") or "unknown")[:10] + (" with uncommitted changes" if st.get("dirty") else "")
-    return f"Produced by commit {commit} on {st['date']} (config {st.get('config_hash') or '—'})."
+    on = f" on {st['machine']}" if st.get("machine") else ""
+    return f"Produced by commit {commit} on {st['date']}{on} (config {st.get('config_hash') or '—'})."

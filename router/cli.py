@@ -143,10 +143,11 @@ def _add_policy(sub) -> None:
     ev.add_argument("run_dirs", nargs="+", metavar="RUN_DIR")
     ev.add_argument("--criterion", default=None, help="default: the one the policy was trained on")
     be = psub.add_parser("bench", help="score a routing policy on a small controlled benchmark where the right route is known",
-                         description="Run lora-only, lora-clean and POLICY on the controlled task (planted presentation faults; the "
+                         description="Run lora-only, lora-clean and each POLICY on the controlled task (planted presentation faults; the "
                                      "reference runs are reused by later benches of the same settings) and print routing precision / "
                                      "recall / F1 per round, the held-out difference to lora-only and the recovered headroom.")
-    be.add_argument("policy", metavar="POLICY", help="a built-in policy name, a saved reward-policy folder, or package.module:ClassName")
+    be.add_argument("policy", metavar="POLICY", nargs="+", help="a built-in policy name, a saved reward-policy folder, or "
+                    "package.module:ClassName; several are run on the same reference runs and compared side by side")
     be.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
                     help="change the bench's run config, e.g. --set task.n_train=96 (repeatable)")
     be.add_argument("--seeds", type=int, nargs="+", default=[0], help="train.seed of each repetition (default: 0)")

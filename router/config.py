@@ -30,6 +30,7 @@ class RunConfig:
     name: str | None = option(None, "Run folder name (default: <task>-<policy>-<time>).")
     out_dir: str = option("runs", "Folder that holds run folders.")
     overwrite: bool = option(False, "Replace an existing run folder of the same name.")
+    shared_dir: str | None = option(None, "Folder where runs leave what other runs can reuse: the untrained model's held-out replies, keyed by the base weights, prompts and generation settings (router/base_replies.py). Default: run.out_dir; an experiment gives all its runs its own folder.")
     progress: bool = option(True, "Show progress bars.")
     tensorboard: bool = option(False, "Write per-epoch scalars (loss, accuracy, routes, rewrites, cost) to <run>/tensorboard for `tensorboard --logdir`.")
 

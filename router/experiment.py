@@ -200,7 +200,8 @@ class Experiment:
             cmd = cli + ["resume", str(job.run_dir)]
         else:
             cmd = cli + ["run", str(self.config_path), "--set", f"run.out_dir={job.run_dir.parent}",
-                         "--set", f"run.name={job.run_dir.name}", "--set", "run.overwrite=true"]
+                         "--set", f"run.name={job.run_dir.name}", "--set", "run.overwrite=true",
+                         "--set", f"run.shared_dir={self.root}"]
             for s in job.sets:
                 cmd += ["--set", s]
         started = time.perf_counter()

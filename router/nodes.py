@@ -111,7 +111,13 @@ def evaluate(state, ctx: RunContext):
     system = state.get("shared_system")
     prompts = [(system or s.system, s.question) for s in ctx.heldout]
     bar = ctx.progress(len(prompts), f"evaluate epoch {epoch}")
-    replies = ctx.trainer.generate(prompts, cfg.train.max_new_tokens, cfg.train.eval_batch_size, bar)
+    if epoch == 0:  # the untrained model: every run in this out_dir asking these prompts shares its replies
+        from router.base_replies import replies as base_replies
+
+        replies, _ = base_replies(ctx.trainer, prompts, cfg.train.max_new_tokens, cfg.train.eval_batch_size,
+                                  cfg.run.shared_dir or cfg.run.out_dir, bar)
+    else:
+        replies = ctx.trainer.generate(prompts, cfg.train.max_new_tokens, cfg.train.eval_batch_size, bar)
     _close(bar)
     rows = [score_reply(ctx, epoch, s, reply) for s, reply in zip(ctx.heldout, replies)]
     ctx.store.add_evals(rows)

@@ -56,3 +56,19 @@ def test_experiment_config_parses_and_opens_with_its_command(path):
     cfg = from_dict(base)
     _, train, heldout = load_task(dataclasses.replace(cfg.task, path=data))
     assert len(train) == cfg.task.n_train and len(heldout) == cfg.task.n_heldout
+
+
+def test_the_controlled_benchmark_is_the_policy_bench_at_more_held_out_items_and_seeds():
+    """fault-cost.yaml and controlled.yaml share one experiment folder (lora-clean and lora-only run once), which
+    needs identical run sections; both are `nslora policy bench`'s default with 512 held-out items, so a rule
+    checked with the bench is checked at the benchmark's settings."""
+    from router.experiment import load_experiment
+    from router.policy_bench import bench_config
+
+    root = Path(__file__).resolve().parents[1] / "configs" / "experiments"
+    (cost, cost_base), (full, full_base) = (load_experiment(str(root / f"{n}.yaml")) for n in ("fault-cost", "controlled"))
+    assert cost.name == full.name and cost_base == full_base
+    assert set(cost.arms) & set(full.arms) == {"lora-clean", "lora-only"} and len(cost.seeds) >= 5
+    bench = bench_config(["task.n_heldout=512"])
+    for section in ("model", "lora", "task", "train", "saturation", "rewriter", "signals", "policy"):
+        assert full_base[section] == bench[section], section

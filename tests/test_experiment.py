@@ -134,6 +134,14 @@ def test_every_arm_and_seed_is_a_finished_run_folder(experiment):
     assert "95% CI" in md and "strict / flexible %" in md and "(mean ± std, flexible)" in md
 
 
+def test_the_untrained_models_replies_are_answered_once_for_the_whole_experiment(experiment):
+    _, _, root = experiment
+    assert len(list((root / ".base-replies").iterdir())) == 1  # every arm and seed asks the same held-out prompts
+    before = {k: [(r["sample_id"], r["reply"]) for r in rows(d, "SELECT sample_id, reply FROM evals WHERE epoch = 0 ORDER BY sample_id")]
+              for k, d in run_dirs(root).items()}
+    assert len({tuple(v) for v in before.values()}) == 1 and len(next(iter(before.values()))) == 8
+
+
 def test_arms_do_what_their_names_say(experiment):
     _, _, root = experiment
     for s in SEEDS:

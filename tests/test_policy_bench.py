@@ -11,7 +11,7 @@ import torch
 
 from router.cli import main
 from router.experiment import ExperimentConfig, _arm_sets
-from router.policy_bench import policy_arm
+from router.policy_bench import BENCH_DEFAULT, policy_arm
 from test_e2e import tiny_dir  # noqa: F401  (fixture)
 
 torch.set_num_threads(1)
@@ -39,7 +39,7 @@ USER_CODE = {
 
 def tiny_sets(tiny_dir):
     return [f"model.name_or_path={tiny_dir}", "model.max_length=1024", "lora.r=4", "lora.alpha=8", "lora.top_layers=null",
-            "lora.target_modules=[q_proj,v_proj]", "task.n_train=16", "task.n_heldout=8", "train.batch_size=4", "train.lr=0.01",
+            "lora.target_modules=[q_proj,v_proj]", "task.n_train=16", "task.n_heldout=8", "train.batch_size=4", "train.lr=0.01", "train.epochs=3",
             "train.max_new_tokens=4", "train.eval_batch_size=8", "saturation.k=1e9", "saturation.p=1.0",
             "task.params.families=[my_bench_faults:upper_question]"]
 
@@ -67,7 +67,8 @@ def test_a_users_policy_and_fault_family_run_through_policy_bench(tiny_dir, user
     metrics = json.loads((root / "my_bench_policy-Shouting" / "seed-0" / "metrics.json").read_text())
     routing = metrics["routing"]
     # The rule sees every planted (shouted) question and nothing else: perfect precision and recall, every round.
-    assert routing["planted"] == 8 and routing["total"]["precision"] == 1.0 and routing["total"]["recall"] == 1.0
+    share = BENCH_DEFAULT["task"]["params"]["fault_share"]
+    assert routing["planted"] == round(16 * share) and routing["total"]["precision"] == 1.0 and routing["total"]["recall"] == 1.0
     assert routing["cumulative_recall"] == 1.0
     assert "my_bench_policy-Shouting - lora-only:" in printed and "with 80% power" in printed
     assert "seed  round  candidates" in printed and "faulty samples ever routed: 1.00" in printed
@@ -75,12 +76,24 @@ def test_a_users_policy_and_fault_family_run_through_policy_bench(tiny_dir, user
 
     # A second bench of the same settings reuses both reference runs and reruns only the policy's arm.
     stamps = {a: (root / a / "seed-0" / "metrics.json").stat().st_mtime_ns for a in ("lora-only", "lora-clean")}
-    assert main(["policy", "bench", "oracle", "--out", str(out), *_set_args(tiny_sets(tiny_dir))]) == 0
+    # Two rules in one bench: both on the same reference runs, then one line each, side by side.
+    assert main(["policy", "bench", "oracle", "random", "--out", str(out), *_set_args(tiny_sets(tiny_dir))]) == 0
     printed = capsys.readouterr().out
     assert printed.count("(finished earlier)") == 2 and list(out.iterdir()) == [root]
     assert {a: (root / a / "seed-0" / "metrics.json").stat().st_mtime_ns for a in stamps} == stamps
     oracle = json.loads((root / "oracle" / "seed-0" / "metrics.json").read_text())["routing"]
     assert oracle["total"]["precision"] == 1.0
+    table = json.loads((root / "results.json").read_text())
+    assert [r["arm"] for r in table["arms"]] == ["lora-only", "lora-clean", "oracle", "random"]
+    assert printed.count("policy bench: ") == 2
+    head, *lines = printed[printed.index("policy                      F1"):].splitlines()[:3]
+    assert "recovered [95% CI]" in head and [ln.split()[0] for ln in lines] == ["oracle", "random"]
+    rnd = json.loads((root / "random" / "seed-0" / "metrics.json").read_text())["routing"]["total"]
+    assert lines[0].split()[3] == "1.00" and lines[1].split()[1] == f"{rnd['f1']:.2f}"
+    # bench.json keeps what was printed beside the table it came from, to quote figures from.
+    bench = json.loads((root / "bench.json").read_text())
+    assert bench["command"].startswith("nslora policy bench oracle random --set ") and bench["wall_seconds"] > 0
+    assert "\n".join(bench["printed"]) in printed and head in bench["printed"] and bench["arms"] == table["arms"]
 
 
 @pytest.mark.parametrize("spec,message", [

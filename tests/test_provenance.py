@@ -46,6 +46,16 @@ def test_a_stamp_names_the_commit_whether_the_tree_was_clean_and_hashes_config_a
     assert outside["commit"] == st["commit"]
 
 
+def test_reused_runs_match_a_table_unless_a_file_their_numbers_went_through_changed():
+    table = {"sources": {k: "a" for k in provenance.SOURCES}}
+    same = {"sources": dict(table["sources"])}
+    stats_only = {"sources": {**table["sources"], "report/stats.py": "b"}}  # acts on the table, not on a run
+    scorer = {"sources": {**table["sources"], "tasks/scoring.py": "b"}}
+    assert provenance.runs_match([same, stats_only], table)
+    assert not provenance.runs_match([same, scorer], table) and not provenance.runs_match([same, None], table)
+    assert "machine" in provenance.stamp() and "cores" in provenance.machine()
+
+
 def test_a_stamp_outside_a_checkout_has_no_commit(tmp_path):
     st = provenance.stamp(None, root=tmp_path, sources=())
     assert st["commit"] is None and st["dirty"] is None and "unknown" in provenance.footer(st)
