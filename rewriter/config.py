@@ -48,7 +48,7 @@ class RewriterConfig:
     batch_poll_seconds: float = option(30.0, "Seconds between polls of a submitted batch.")
     batch_timeout: float = option(86400.0, "Seconds to wait for a batch before cancelling it (its samples stay numerical).")
     answer_check: bool = option(False, "After the guard accepts a rewrite, the rewriting engine answers the new question (under the sample's system prompt) and the rewrite is kept only if the task's scorer finds that answer right: one more call per accepted rewrite; with the rules strategy this builds the engine too.")
-    revert_after: int = option(2, "A rewritten sample whose loss has not fallen below its loss at the rewrite after this many epochs goes back to its previous prompt (0: never).")
+    revert_after: int = option(2, "A rewritten sample whose loss fell below its loss at the rewrite in none of this many epochs after it goes back to its previous prompt, judged once when they have passed (one noisy epoch does not undo a rewrite that helped); 0: never.")
 
     def __post_init__(self):
         from rewriter.engines import ENGINES

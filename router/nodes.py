@@ -200,7 +200,11 @@ def train_epoch(state, ctx: RunContext):
     if ctx.checkpoint is not None:
         ctx.checkpoint(epoch)
     update = {"epoch": epoch, "decisions": None, "candidates": 0, "saturated": False}
-    back, reverts = revert_unhelpful(prompts, {r["sample_id"]: r["loss"] for r in rows}, epoch, cfg.rewriter.revert_after)
+    after = cfg.rewriter.revert_after
+    judged = {p["since"] for p in prompts.values() if after and p["version"] and epoch - p["since"] == after}
+    history = {e: ctx.store.losses_at(e) for e in range(min(judged) + 1, epoch)} if judged else {}
+    history[epoch] = {r["sample_id"]: r["loss"] for r in rows}
+    back, reverts = revert_unhelpful(prompts, history, epoch, after)
     if reverts:
         # Recorded as decisions: Store.candidates leaves a sample sent back this epoch out of this epoch's round.
         ctx.store.add_decisions(reverts)
@@ -209,19 +213,25 @@ def train_epoch(state, ctx: RunContext):
     return update
 
 
-def revert_unhelpful(prompts, losses, epoch: int, after: int):
-    """Rewrites whose loss has not fallen below the loss at the rewrite after `after` epochs go back to the version
-    before: (sample id -> the epoch that version was written, None for the original; the revert decisions)."""
+def revert_unhelpful(prompts, history: dict[int, dict[str, float]], epoch: int, after: int):
+    """Rewrites whose loss fell below the loss at the rewrite in none of the `after` epochs since go back to the
+    version before, judged once, when that window closes. One epoch's loss is noisy (a sample right in one epoch can
+    be wrong in the next while the whole model moves), so a rewrite that helped once is kept.
+
+    history: epoch -> (sample id -> loss) for the epochs after the rewrites judged now. Returns (sample id -> the
+    epoch the restored version was written, None for the original; the revert decisions)."""
     back, decisions = {}, []
     for i, p in prompts.items():
-        if not after or p["version"] == 0 or p.get("loss_at") is None or epoch - p["since"] < after:
+        if not after or p["version"] == 0 or p.get("loss_at") is None or epoch - p["since"] != after:
             continue
-        if losses[i] < p["loss_at"]:
+        seen = [history[e][i] for e in range(p["since"] + 1, epoch + 1) if i in history.get(e, {})]
+        if not seen or min(seen) < p["loss_at"]:
             continue
         back[i] = p["prev_since"]
         decisions.append({"epoch": epoch, "sample_id": i, "policy": "revert", "route": "numerical", "confidence": 1.0,
-                          "reason": f"loss {losses[i]:.4f} is not below {p['loss_at']:.4f}, its loss when rewritten at "
-                                    f"epoch {p['since']}; back to prompt version {p['version'] - 1}",
+                          "reason": f"loss {min(seen):.4f} at best in the {after} epoch(s) since the rewrite at epoch "
+                                    f"{p['since']}, not below {p['loss_at']:.4f} before it; back to prompt version "
+                                    f"{p['version'] - 1}",
                           "path": "revert"})
     return back, decisions
 

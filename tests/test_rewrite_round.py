@@ -95,3 +95,23 @@ def test_batch_api_round_gives_the_live_rounds_rewrites(tiny_dir, tmp_path, monk
 def test_batch_needs_the_direct_strategy(tmp_path, capsys):
     assert main(["run", "--set", "rewriter.batch=api", "--set", f"run.out_dir={tmp_path}"]) == 2
     assert "rewriter.batch='api' needs rewriter.engine=openai" in capsys.readouterr().err
+
+
+def test_a_rewrite_is_judged_on_its_best_epoch_in_the_window_and_only_once():
+    from router.nodes import revert_unhelpful
+
+    def prompt(since, loss_at, version=1):
+        return {"version": version, "since": since, "loss_at": loss_at, "prev_since": None}
+
+    prompts = {"helped-once": prompt(2, 1.0), "never": prompt(2, 1.0), "open": prompt(3, 1.0), "original": prompt(2, 1.0, 0)}
+    history = {3: {"helped-once": 0.3, "never": 1.2, "open": 2.0, "original": 5.0},
+               4: {"helped-once": 1.8, "never": 1.0, "open": 2.0, "original": 5.0}}
+    back, decisions = revert_unhelpful(prompts, history, 4, 2)
+    # A spike at epoch 4 does not undo a rewrite that helped at epoch 3; equal to the old loss is no help.
+    assert back == {"never": None} and [d["sample_id"] for d in decisions] == ["never"]
+    assert "1.0000 at best in the 2 epoch(s) since the rewrite at epoch 2" in decisions[0]["reason"]
+    # The window of a rewrite closes once: later epochs do not judge it again.
+    history[5] = {"helped-once": 3.0, "never": 3.0, "open": 0.5, "original": 5.0}
+    back, _ = revert_unhelpful(prompts, history, 5, 2)
+    assert back == {}
+    assert revert_unhelpful(prompts, history, 4, 0) == ({}, [])
