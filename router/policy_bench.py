@@ -91,9 +91,14 @@ def policy_bench(specs: str | list[str], sets: list[str], jobs: int = 2, out: st
             shutil.rmtree(runner.root / arm, ignore_errors=True)
     started = time.perf_counter()
     table = runner.run()
-    printed = [part for arm in chosen for part in ("", summary(table, arm, runner.root))]
-    if len(chosen) > 1:
+    several = len(chosen) > 1  # then the signals' detection table (the same for every rule) once, at the end
+    printed = [part for arm in chosen for part in ("", summary(table, arm, runner.root, detection=not several))]
+    if several:
         printed += ["", side_by_side(table, list(chosen), runner.root)]
+        if table.get("detection"):
+            from report.stats import _detection_table
+
+            printed += ["", _detection_table(table["detection"], table["baseline"])]
     for part in printed:
         echo(part)
     # What was printed, with the table it came from: the file to quote a bench's figures from (README, results/).
@@ -135,7 +140,7 @@ def side_by_side(table: dict[str, Any], arms: list[str], root: Path) -> str:
     return "\n".join(lines)
 
 
-def summary(table: dict[str, Any], arm: str, root: Path) -> str:
+def summary(table: dict[str, Any], arm: str, root: Path, detection: bool = True) -> str:
     """Routing per round against the planted faults, then the held-out outcome (pure text)."""
     from report.stats import _num as _f
     row = next(r for r in table["arms"] if r["arm"] == arm)
@@ -176,7 +181,7 @@ def summary(table: dict[str, Any], arm: str, root: Path) -> str:
             lines.append(head + f"; recovered {100 * rec['mean']:.0f}% (no interval: the headroom is not clearly above 0)")
         else:
             lines.append(head + f"; recovered {100 * rec['mean']:.0f}% [{100 * rec['low']:.0f}%, {100 * rec['high']:.0f}%]")
-    if table.get("detection"):
+    if detection and table.get("detection"):
         from report.stats import _detection_table
 
         lines += ["", _detection_table(table["detection"], table["baseline"])]

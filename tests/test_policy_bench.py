@@ -90,6 +90,7 @@ def test_a_users_policy_and_fault_family_run_through_policy_bench(tiny_dir, user
     assert "recovered [95% CI]" in head and [ln.split()[0] for ln in lines] == ["oracle", "random"]
     rnd = json.loads((root / "random" / "seed-0" / "metrics.json").read_text())["routing"]["total"]
     assert lines[0].split()[3] == "1.00" and lines[1].split()[1] == f"{rnd['f1']:.2f}"
+    assert printed.count("AUC of each signal against") == (1 if table.get("detection") else 0)  # once, not per rule
     # bench.json keeps what was printed beside the table it came from, to quote figures from.
     bench = json.loads((root / "bench.json").read_text())
     assert bench["command"].startswith("nslora policy bench oracle random --set ") and bench["wall_seconds"] > 0
