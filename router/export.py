@@ -14,6 +14,7 @@ from typing import Any
 
 from core.atomic import folder_atomic, write_text
 from core.provenance import stamp
+from router.state import current_prompts
 
 
 def augmented_rows(ctx, state) -> list[dict[str, Any]]:
@@ -23,8 +24,6 @@ def augmented_rows(ctx, state) -> list[dict[str, Any]]:
             {"epoch": r["epoch"], "engine": r["engine"], "strategy": r["strategy"], "version": r["version"]})
     shared = state.get("shared_system")
     as_row = getattr(ctx.task, "as_row", None)  # your data's own format (task.name=sft), beside ours
-    from router.nodes import current_prompts
-
     prompts = current_prompts(state, ctx)
     dyn = ctx.store.dynamics([s.id for s in ctx.train], state["epoch"])  # each sample's training dynamics, for data maps
     # Base-model input signals of the original prompt and of the current one (a rewrite of the last round is not

@@ -16,6 +16,8 @@ from policies.base import Decision, Policy, SampleView
 from rewriter.round import Rewriter, RoundJob
 from rewriter.strategies.base import RoundStopped
 from router.config import Config
+from router.export import export_run
+from router.state import current_prompts
 from router.store import Store
 from tasks.base import Sample, Task
 
@@ -78,27 +80,6 @@ def _close(bar) -> None:
 
 def system_for(state, prompt: dict[str, Any]) -> str:
     return state.get("shared_system") or prompt["system"]
-
-
-def current_prompts(state, ctx: RunContext, sample_ids: list[str] | None = None) -> dict[str, dict[str, Any]]:
-    """Each sample's prompt now ({"system", "question", "version", "since", "loss_at", "prev_since"}): its original
-    (version 0) unless the state points to a rewrite in run.sqlite's prompts table. All training samples by default."""
-    from core.errors import UserError
-
-    epochs = state.get("prompt_epochs") or {}
-    ids = [s.id for s in ctx.train] if sample_ids is None else sample_ids
-    rows = ctx.store.prompt_rows({i: epochs[i] for i in ids if i in epochs})
-    out = {}
-    for i in ids:
-        if i in epochs:
-            if i not in rows:
-                raise UserError(f"{ctx.store.path} has no prompt of sample {i} written at epoch {epochs[i]}, which the "
-                                "checkpoint points to; the run folder is damaged: start the run again")
-            out[i] = rows[i]
-        else:
-            s = ctx.by_id[i]
-            out[i] = {"system": s.system, "question": s.question, "version": 0, "since": None, "loss_at": None, "prev_since": None}
-    return out
 
 
 def evaluate(state, ctx: RunContext):
@@ -388,7 +369,5 @@ def rewrite_row(ctx: RunContext, epoch, sample_id, version, job: RoundJob, strat
 def export(state, ctx: RunContext):
     """Adapter, augmented data and metrics.json, on the main process."""
     if ctx.trainer.is_main:
-        from router.export import export_run
-
         export_run(ctx.run_dir, ctx, state, ctx.started)
     return {}

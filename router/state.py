@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from typing import Annotated, Any, TypedDict
 
+from core.errors import UserError
+
 
 def round_decisions(old: list[dict] | None, new: list[dict] | None) -> list[dict]:
     """Send branches append their decisions; a node that records them (or starts a new round) resets the list with
@@ -25,3 +27,23 @@ class RunState(TypedDict, total=False):
     candidates: int  # how many samples this epoch's routing round decides (their ids: Store.candidates(epoch))
     decisions: Annotated[list[dict[str, Any]], round_decisions]
     accuracy: dict[str, float]  # epoch (as str) -> held-out accuracy
+
+
+def current_prompts(state, ctx, sample_ids: list[str] | None = None) -> dict[str, dict[str, Any]]:
+    """Each sample's prompt now ({"system", "question", "version", "since", "loss_at", "prev_since"}): its original
+    (version 0) unless the state points to a rewrite in run.sqlite's prompts table. All training samples by default.
+    `ctx` is the RunContext (its store, train and by_id); read by the nodes and by the export alike."""
+    epochs = state.get("prompt_epochs") or {}
+    ids = [s.id for s in ctx.train] if sample_ids is None else sample_ids
+    rows = ctx.store.prompt_rows({i: epochs[i] for i in ids if i in epochs})
+    out = {}
+    for i in ids:
+        if i in epochs:
+            if i not in rows:
+                raise UserError(f"{ctx.store.path} has no prompt of sample {i} written at epoch {epochs[i]}, which the "
+                                "checkpoint points to; the run folder is damaged: start the run again")
+            out[i] = rows[i]
+        else:
+            s = ctx.by_id[i]
+            out[i] = {"system": s.system, "question": s.question, "version": 0, "since": None, "loss_at": None, "prev_since": None}
+    return out

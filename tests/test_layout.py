@@ -7,9 +7,9 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = ["core", "adapters", "tasks", "policies", "rewriter", "router", "report", "bench"]
-# The packages below the orchestrator: none of them may import router (nor report, which reads run folders).
+# The packages below the orchestrator: none of them may import router; report reads run folders on its own.
 FLOORS = {"core": set(), "adapters": {"core"}, "tasks": {"core"}, "policies": {"core", "adapters", "tasks"},
-          "rewriter": {"core", "adapters", "tasks"}}
+          "rewriter": {"core", "adapters", "tasks"}, "report": {"core", "adapters", "tasks", "policies"}}
 MAX_FILE_LINES = 400
 MAX_FUNCTION_LINES = 60
 
@@ -50,3 +50,75 @@ def test_lower_packages_never_import_the_orchestrator(package):
     for path in (ROOT / package).rglob("*.py"):
         used = _imports(ast.parse(path.read_text())) & ours - {package}
         assert used <= FLOORS[package], f"{path.relative_to(ROOT)} imports {sorted(used - FLOORS[package])}"
+
+
+def _module_graph() -> dict[str, set[str]]:
+    """Module -> the modules of ours it imports, at the top or inside a function (a hidden import is still one)."""
+    names = {".".join(p.relative_to(ROOT).with_suffix("").parts).removesuffix(".__init__"): p for p in _sources()
+             if p.parts[len(ROOT.parts)] != "bench"}
+    graph: dict[str, set[str]] = {}
+    for name, path in names.items():
+        out = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            targets = []
+            if isinstance(node, ast.Import):
+                targets = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                targets = [node.module] + [f"{node.module}.{a.name}" for a in node.names]
+            out |= {t for t in targets if t in names and t != name}
+        graph[name] = out
+    return graph
+
+
+# Import circles that remain, each to be broken and then removed from here (the check fails for one listed that
+# is gone, as for any new one). Breaking them touches the trainer and held-out generation, whose every change
+# makes the stamped results stale, so they wait for the next rerun of the results.
+KNOWN_CIRCLES = [{"adapters.frozen", "adapters.generate", "adapters.inputs", "adapters.train"},
+                 {"policies.reward", "policies.reward.evaluate", "policies.reward.train"}]
+
+
+def _circles(graph: dict[str, set[str]]) -> list[set[str]]:
+    """The strongly connected groups of more than one module (Tarjan's algorithm, iteratively)."""
+    index, low, on, stack, out, counter = {}, {}, set(), [], [], [0]
+    for root in sorted(graph):
+        if root in index:
+            continue
+        work = [(root, iter(sorted(graph[root])))]
+        index[root] = low[root] = counter[0]
+        counter[0] += 1
+        stack.append(root)
+        on.add(root)
+        while work:
+            node, children = work[-1]
+            child = next(children, None)
+            if child is None:
+                work.pop()
+                if work:
+                    low[work[-1][0]] = min(low[work[-1][0]], low[node])
+                if low[node] == index[node]:
+                    group = set()
+                    while True:
+                        m = stack.pop()
+                        on.discard(m)
+                        group.add(m)
+                        if m == node:
+                            break
+                    if len(group) > 1:
+                        out.append(group)
+            elif child not in index:
+                index[child] = low[child] = counter[0]
+                counter[0] += 1
+                stack.append(child)
+                on.add(child)
+                work.append((child, iter(sorted(graph[child]))))
+            elif child in on:
+                low[node] = min(low[node], index[child])
+    return out
+
+
+def test_no_modules_import_each_other_even_inside_functions():
+    found = _circles(_module_graph())
+    assert not [c for c in found if c not in KNOWN_CIRCLES], [sorted(c) for c in found if c not in KNOWN_CIRCLES]
+    assert not [c for c in KNOWN_CIRCLES if c not in found], "a listed circle is gone: remove it from KNOWN_CIRCLES"
+    assert not any(m.startswith("router.") for c in found for m in c)  # the orchestrator's export <-> nodes is gone
+    assert _circles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [{"a", "b", "c"}]
