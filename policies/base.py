@@ -59,7 +59,8 @@ class Policy:
     every epoch, saturated or not; `optimizes_shared_system=True`: a symbolic round updates the one system prompt
     P shared by every sample (the strategy's `update_system`) instead of rewriting each sample;
     `needs_ground_truth=True`: a reference arm of the controlled benchmark (`oracle`) that is shown each
-    candidate's planted fault in `view.extra["fault"]` — no other policy ever sees it.
+    candidate's planted fault in `view.extra["fault"]` — no other policy ever sees it. An optional `preflight()`
+    method checks what the policy needs (a file, a folder) before the run starts, raising a one-line UserError.
     """
 
     name: ClassVar[str] = ""

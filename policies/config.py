@@ -28,6 +28,6 @@ class SaturationConfig:
 
 @dataclass
 class PolicyConfig:
-    name: str = option("loss-ratio", "lora-only, textgrad-only, loss-ratio, grad-norm, random, or your own class as 'package.module:ClassName'.")
+    name: str = option("loss-ratio", "lora-only, textgrad-only, loss-ratio (C1), grad-norm (C2), random, reward (a classifier trained by `nslora policy train`; policy.path), presentation (the planted-copy detector), surprise (the base model's most surprising question tokens), cartography, aum (training dynamics), oracle (the controlled benchmark's ground truth), or your own class as 'package.module:ClassName'.")
     path: str | None = option(None, "Folder of a trained policy (policy.name=reward), from `nslora policy train`.")
     params: dict[str, Any] = option({}, "Keyword arguments passed to the policy's __init__.")

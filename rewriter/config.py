@@ -51,7 +51,7 @@ class RewriterConfig:
     revert_after: int = option(2, "A rewritten sample whose loss fell below its loss at the rewrite in none of this many epochs after it goes back to its previous prompt, judged once when they have passed (one noisy epoch does not undo a rewrite that helped); 0: never.")
 
     def __post_init__(self):
-        from rewriter.engines import ENGINES
+        from rewriter.engines import ENGINES, engine_kind
         from rewriter.strategies import STRATEGIES
 
         plugins.check_name("rewriter.strategy", self.strategy, STRATEGIES)
@@ -62,7 +62,7 @@ class RewriterConfig:
         require(self.concurrency >= 1, f"rewriter.concurrency={self.concurrency!r} must be >= 1")
         require(self.breaker_failures >= 1, f"rewriter.breaker_failures={self.breaker_failures!r} must be >= 1")
         require(self.revert_after >= 0, f"rewriter.revert_after={self.revert_after!r} must be >= 0 (0 turns reverting off)")
-        require(self.batch == "off" or self.engine == "openai",
+        require(self.batch == "off" or engine_kind(self.engine).batch_api,
                 f"rewriter.batch={self.batch!r} needs rewriter.engine=openai; set rewriter.batch=off otherwise")
         require(not self.answer_check or self.batch == "off",
                 f"rewriter.answer_check=true needs live calls; set rewriter.batch=off (or answer_check=false)")

@@ -11,7 +11,9 @@ engine to textgrad's `EngineLM` without textgrad's disk cache.
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from functools import cache
+from typing import Callable
 
 from core import plugins
 from core.errors import UserError
@@ -19,26 +21,12 @@ from rewriter.engine import CONTROL_PARAMS, Engine, EngineError, UsageCounter, c
 from rewriter.http import OPENAI_URL, CircuitBreaker, OpenAIEngine, breaker_for, probe, reset_breakers
 from rewriter.local import LocalEngine
 
-# Built-in engines by config name (build_engine builds them from a RewriterConfig); any other name is yours.
-ENGINES = ("openai", "local")
+def _openai(cfg, local_model=None, local_tokenizer=None):
+    return OpenAIEngine(base_url=cfg.base_url, model=cfg.model, api_key_env=cfg.api_key_env, temperature=cfg.temperature,
+                        max_tokens=cfg.max_tokens, timeout=cfg.timeout, max_retries=cfg.max_retries, **retry_settings(cfg))
 
 
-def build_engine(cfg, local_model=None, local_tokenizer=None):
-    """The engine a RewriterConfig names. `local_model`/`local_tokenizer`: an already loaded model to reuse."""
-    if cfg.engine not in ENGINES:
-        factory = plugins.resolve("rewriter.engine", cfg.engine, {}, "an engine class or factory", accept=callable)
-        return plugins.instantiate("rewriter.engine_params", factory, cfg.engine_params)
-    if cfg.engine == "openai":
-        return OpenAIEngine(
-            base_url=cfg.base_url,
-            model=cfg.model,
-            api_key_env=cfg.api_key_env,
-            temperature=cfg.temperature,
-            max_tokens=cfg.max_tokens,
-            timeout=cfg.timeout,
-            max_retries=cfg.max_retries,
-            **retry_settings(cfg),
-        )
+def _local(cfg, local_model=None, local_tokenizer=None):
     if local_model is None:
         if not cfg.local_model:
             raise UserError(
@@ -51,6 +39,43 @@ def build_engine(cfg, local_model=None, local_tokenizer=None):
     if local_tokenizer is None:
         raise UserError("rewriter.engine=local: a local model was given without its tokenizer; pass both")
     return LocalEngine(local_model, local_tokenizer, max_new_tokens=cfg.max_tokens)
+
+
+@dataclass(frozen=True)
+class EngineKind:
+    """A built-in engine: how it is built from a RewriterConfig and what it is. Callers ask these flags, never the
+    engine's name, so a new built-in engine is one entry here."""
+
+    build: Callable[..., Engine]
+    in_process: bool  # a model in this process: the run hands it the loaded model (the trained one by default)
+    endpoint: bool  # calls an endpoint: probed before the run starts, priced by the dry run
+    batch_api: bool  # can send a round's one-call rewrites through a Batch API (rewriter.batch=api)
+    priced: bool  # its calls cost money at rewriter.prices (the dry run's estimate)
+    help: str
+
+
+# Built-in engines by config name; any other name is yours (package.module:Name), treated as an endpoint.
+ENGINES: dict[str, EngineKind] = {
+    "openai": EngineKind(_openai, in_process=False, endpoint=True, batch_api=True, priced=True,
+                         help="any OpenAI-compatible endpoint (rewriter/http.py): retries, a circuit breaker, prices"),
+    "local": EngineKind(_local, in_process=True, endpoint=False, batch_api=False, priced=False,
+                        help="a transformers model in this process (rewriter/local.py): the trained model by default"),
+}
+YOURS = EngineKind(lambda cfg, **_: None, in_process=False, endpoint=True, batch_api=False, priced=False,
+                   help="your own engine")
+
+
+def engine_kind(name: str) -> EngineKind:
+    """The flags of engine `name`; your own engine is called like an endpoint and cannot use the Batch API."""
+    return ENGINES.get(name, YOURS)
+
+
+def build_engine(cfg, local_model=None, local_tokenizer=None):
+    """The engine a RewriterConfig names. `local_model`/`local_tokenizer`: an already loaded model to reuse."""
+    if cfg.engine not in ENGINES:
+        factory = plugins.resolve("rewriter.engine", cfg.engine, {}, "an engine class or factory", accept=callable)
+        return plugins.instantiate("rewriter.engine_params", factory, cfg.engine_params)
+    return ENGINES[cfg.engine].build(cfg, local_model=local_model, local_tokenizer=local_tokenizer)
 
 
 def retry_settings(cfg) -> dict:
@@ -111,6 +136,6 @@ def as_textgrad(engine):
     return _engine_lm_class()(engine)
 
 
-__all__ = ["CONTROL_PARAMS", "ENGINES", "OPENAI_URL", "CircuitBreaker", "Engine", "EngineError", "LocalEngine", "OpenAIEngine",
+__all__ = ["CONTROL_PARAMS", "ENGINES", "EngineKind", "engine_kind", "OPENAI_URL", "CircuitBreaker", "Engine", "EngineError", "LocalEngine", "OpenAIEngine",
            "UsageCounter", "as_textgrad", "breaker_for", "build_engine", "check_engine", "import_textgrad", "one_line",
            "probe", "reset_breakers", "retry_settings", "to_messages"]

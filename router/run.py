@@ -17,6 +17,7 @@ from typing import Any, NamedTuple
 import yaml
 
 from core.errors import UserError
+from rewriter.engines import engine_kind
 from router.config import Config, to_dict
 
 
@@ -45,15 +46,11 @@ def plan(cfg: Config) -> Plan:
     params = dict(cfg.policy.params)
     if cfg.policy.path is not None:
         params.setdefault("path", cfg.policy.path)
-    if cfg.policy.name == "reward":
-        from policies.reward.folder import load_folder
-
-        if "path" not in params:
-            raise UserError("policy.name=reward needs policy.path: the folder written by `nslora policy train RUN_DIR... --out DIR`")
-        load_folder(params["path"])  # refuses a missing or foreign folder before anything runs
     if cfg.task.scoring == "strict" and not callable(getattr(task, "score_strict", None)):
         raise UserError(f"task.scoring=strict: task {cfg.task.name} has no score_strict; build it on tasks.Task (give it extract_strict) or use task.scoring=flexible")
     policy = build(cfg.policy.name, params, p=cfg.saturation.p, seed=cfg.train.seed)
+    if callable(getattr(policy, "preflight", None)):  # a policy's own check of what it needs (reward: its folder)
+        policy.preflight()
     if getattr(policy, "needs_planted", False) and not (cfg.signals.inputs and cfg.signals.planted_share > 0):
         raise UserError(f"policy.name={cfg.policy.name} routes by the planted-copy detector: set signals.inputs=true and "
                         f"signals.planted_share above 0 (now {cfg.signals.planted_share})")
@@ -101,7 +98,7 @@ def run(cfg: Config, resume_dir: Path | None = None) -> dict[str, Any]:
     # Under torchrun / accelerate launch every process runs this function; the main one owns the run folder
     # and the rewriter, the others keep a scratch store and follow its decisions.
     wants_engine = p.policy.routes_symbolic and dist.is_main_process and p.rewriter.calls_model
-    remote = wants_engine and cfg.rewriter.engine != "local"
+    remote = wants_engine and engine_kind(cfg.rewriter.engine).endpoint
     # The guard's embedder, the strategy and the engine are each exercised once: refused before any folder exists.
     preflight = lambda: p.rewriter.preflight(remote, shared_system=p.policy.optimizes_shared_system)
     _agree(dist, lambda: _user_error(preflight) if p.policy.routes_symbolic and dist.is_main_process else None)
@@ -110,7 +107,7 @@ def run(cfg: Config, resume_dir: Path | None = None) -> dict[str, Any]:
         _check_disk(cfg)
     model, tokenizer, source = _load_model(cfg)
     p = _fit_lengths(p, tokenizer, cfg)
-    if wants_engine and cfg.rewriter.engine == "local":
+    if wants_engine and engine_kind(cfg.rewriter.engine).in_process:
         p.rewriter.open_local(*_local_rewriter_model(cfg))
     p.rewriter.ready(cfg.run.out_dir)  # the reply cache sits beside the run folders: a rerun pays nothing twice
     model = _wrap(model, cfg)
@@ -291,7 +288,7 @@ def dry_run(cfg: Config) -> str:
 
     _quiet_libraries()  # the guard's embedder and the tokenizer load as in a run: no per-load progress bars
     p = plan(cfg)
-    remote = p.policy.routes_symbolic and p.rewriter.calls_model and cfg.rewriter.engine != "local"
+    remote = p.policy.routes_symbolic and p.rewriter.calls_model and engine_kind(cfg.rewriter.engine).endpoint
     if p.policy.routes_symbolic:
         p.rewriter.preflight(remote, shared_system=p.policy.optimizes_shared_system)
     _run_dir(cfg)
@@ -305,7 +302,8 @@ def dry_run(cfg: Config) -> str:
     if p.policy.optimizes_shared_system:
         per_round, strategy = min(8, len(p.train)), p.rewriter.strategy.system_method or strategy
     avg_tokens = round(sum(len(s.system) + len(s.question) for s in p.train) / len(p.train) / 4)
-    kind = "openai" if cfg.rewriter.engine == "openai" else "local"
+    priced = engine_kind(cfg.rewriter.engine).priced
+    kind = "openai" if priced else "local"  # the estimate's price list, or none
     try:
         est = estimate(rounds * per_round, strategy, optimize_system=cfg.rewriter.optimize_system or p.policy.optimizes_shared_system,
                        avg_prompt_tokens=avg_tokens, model=cfg.rewriter.model, kind=kind,
@@ -318,13 +316,13 @@ def dry_run(cfg: Config) -> str:
         f"dry run: {len(p.train)} training samples, up to {rounds} routing rounds x {per_round} symbolic samples "
         f"({strategy} strategy, ~{avg_tokens} prompt tokens a sample)",
         f"at most ~{est['calls']} LLM calls, ~{est['prompt_tokens']}+{est['completion_tokens']} tokens, "
-        f"~${est['cost']:.4f} on {cfg.rewriter.model if kind == 'openai' else 'the local engine'} (before cache hits)",
+        f"~${est['cost']:.4f} on {cfg.rewriter.model if priced else 'the local engine'} (before cache hits)",
     ]
     limits = {k: getattr(cfg.rewriter, k) for k in ("max_calls", "max_total_tokens", "max_cost") if getattr(cfg.rewriter, k) is not None}
     if limits:
         lines.append("budget: " + ", ".join(f"rewriter.{k}={v}" for k, v in limits.items())
                      + "; when reached, the remaining symbolic samples stay numerical")
-    if kind == "openai" and est["calls"] and not est["priced"]:
+    if priced and est["calls"] and not est["priced"]:
         lines.append(f"no price known for rewriter.model={cfg.rewriter.model}: the cost above is not an estimate; add it to rewriter.prices")
     if remote:  # preflight above refused an endpoint that does not answer
         lines.append(f"endpoint: {p.rewriter.engine_name} answered")

@@ -57,6 +57,28 @@ def test_every_config_key_and_command_is_in_the_reference():
     assert "## `nslora policy bench`" in cli and "--print-config" in cli
 
 
+def test_every_built_in_name_is_in_the_help_of_its_config_key():
+    """The checklist for a new built-in (docs/development.md) ends here: its name shows in `nslora run --help` and
+    in the config reference."""
+    import dataclasses
+
+    from policies import REGISTRY
+    from policies.config import PolicyConfig
+    from rewriter.config import RewriterConfig
+    from rewriter.engines import ENGINES
+    from rewriter.strategies import STRATEGIES
+    from tasks import TASKS
+    from tasks.config import TaskConfig
+
+    def help_of(cls, key):
+        return next(f.metadata["help"] for f in dataclasses.fields(cls) if f.name == key)
+
+    for names, cls, key in [(REGISTRY, PolicyConfig, "name"), (STRATEGIES, RewriterConfig, "strategy"),
+                            (ENGINES, RewriterConfig, "engine"), (TASKS, TaskConfig, "name")]:
+        missing = [n for n in names if not re.search(rf"(?<![\w-]){re.escape(n)}(?![\w-])", help_of(cls, key))]
+        assert not missing, f"{cls.__name__}.{key}'s help does not name {missing}"
+
+
 def test_the_docs_site_builds_strict(tmp_path):
     mkdocs = shutil.which("mkdocs", path=str(Path(sys.executable).parent)) or shutil.which("mkdocs")
     if mkdocs is None:

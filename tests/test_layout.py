@@ -122,3 +122,26 @@ def test_no_modules_import_each_other_even_inside_functions():
     assert not [c for c in KNOWN_CIRCLES if c not in found], "a listed circle is gone: remove it from KNOWN_CIRCLES"
     assert not any(m.startswith("router.") for c in found for m in c)  # the orchestrator's export <-> nodes is gone
     assert _circles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [{"a", "b", "c"}]
+
+
+# The state machine: its files route on what a policy, strategy, engine or task declares, never on its name.
+ORCHESTRATOR = ["router/run.py", "router/nodes.py", "router/graph.py", "router/state.py", "router/store.py",
+                "router/durable.py", "router/export.py", "rewriter/round.py"]
+
+
+def test_the_orchestrator_never_compares_a_built_in_name():
+    from policies import REGISTRY
+    from rewriter.engines import ENGINES
+    from rewriter.strategies import STRATEGIES
+    from tasks import TASKS
+
+    names = set(REGISTRY) | set(ENGINES) | set(STRATEGIES) | set(TASKS)
+    found = []
+    for rel in ORCHESTRATOR:
+        for node in ast.walk(ast.parse((ROOT / rel).read_text())):
+            if isinstance(node, ast.Compare):
+                for side in [node.left, *node.comparators]:
+                    consts = side.elts if isinstance(side, (ast.Tuple, ast.List, ast.Set)) else [side]
+                    found += [f"{rel}:{node.lineno} {c.value!r}" for c in consts
+                              if isinstance(c, ast.Constant) and c.value in names]
+    assert not found, f"compare what the object declares (its flags), not its name: {found}"

@@ -186,3 +186,32 @@ def test_the_help_examples_pass_their_checks(tmp_path):
     samples = task.load(TaskConfig(path=str(tmp_path / "tickets.jsonl")))
     check_task(task, samples)
     check_scorer(found["task.scorer"]["within_one"], samples)
+
+
+def test_every_built_in_strategy_and_task_passes_its_own_conformance_check(tmp_path):
+    """What a user's class must pass, the built-ins pass too (docs/development.md, adding a built-in)."""
+    import csv
+
+    from rewriter.strategies import STRATEGIES, check_strategy
+    from tasks import TASKS, check_task
+    from tasks.config import TaskConfig
+
+    for name, cls in STRATEGIES.items():
+        check_strategy(cls())
+    (tmp_path / "gsm8k.jsonl").write_text("".join(json.dumps(
+        {"question": f"Tom has {i} apples and buys 2 more. How many apples does he have?",
+         "answer": f"{i} + 2 = {i + 2}\n#### {i + 2}"}) + "\n" for i in range(6)))
+    with open(tmp_path / "clinifact.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["claim", "article_abstract", "label"])
+        for i in range(6):
+            w.writerow([f"Drug {i} lowers blood pressure.", f"In a trial of drug {i}, blood pressure fell.", i % 3])
+    (tmp_path / "sft.jsonl").write_text("".join(json.dumps({"prompt": f"Team for ticket {i}?", "completion": "it"}) + "\n"
+                                                for i in range(6)))
+    paths = {"gsm8k": "gsm8k.jsonl", "clinifact": "clinifact.csv", "sft": "sft.jsonl"}
+    for name, cls in TASKS.items():
+        task = cls()
+        path = str(tmp_path / paths[name]) if name in paths else None
+        samples = task.load(TaskConfig(name=name, path=path, n_train=4, n_heldout=2))
+        assert samples, name
+        check_task(task, samples)

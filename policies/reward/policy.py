@@ -18,7 +18,7 @@ from policies.reward.pairs import sample_text
 class RewardPolicy(Policy):
     name = "reward"
 
-    def __init__(self, path: str, p: float = 0.1, band: float | None = None, fallback: str | None = None, batch_size: int = 64,
+    def __init__(self, path: str | None = None, p: float = 0.1, band: float | None = None, fallback: str | None = None, batch_size: int = 64,
                  needs_saturation: bool = True):
         self.path = path
         # The classifier judges the text, not the training curve, so it may route from the first epoch on
@@ -31,6 +31,15 @@ class RewardPolicy(Policy):
         self.band = band
         self.fallback = fallback
         self.batch_size = batch_size
+
+    def preflight(self) -> None:
+        """Before a run starts: the folder exists and is a saved policy (one line otherwise)."""
+        from core.errors import UserError
+        from policies.reward.folder import load_folder
+
+        if not self.path:
+            raise UserError("policy.name=reward needs policy.path: the folder written by `nslora policy train RUN_DIR... --out DIR`")
+        load_folder(self.path)  # refuses a missing or foreign folder before anything runs
 
     # -- the folder, loaded once and only when first needed (torch/transformers come with it)
     def _load(self) -> None:
