@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from core.options import option, require
+from nslora.core.options import option, require
 
 
 @dataclass
@@ -63,7 +63,7 @@ class TrainConfig:
 class SignalsConfig:
     inputs: bool = option(True, "Measure each training prompt with the frozen base model (adapter off) before training, and each accepted rewrite: the question's perplexity, the answer's loss with and without the prompt, IFD (adapters/inputs.py). One no-grad forward per prompt.")
     planted_share: float = option(0.25, "Share of the training samples copied with a presentation fault planted (policies/planted.py): the copies are only read by the base model, never trained on, and teach the presentation detector what a badly presented prompt looks like on your data; metrics.json reports how well it finds them. 0: off. Needs signals.inputs.")
-    planted_families: list[str] = option(["shuffled", "phrasing", "distractors", "noise"], "Fault families planted into the copies, taking turns: the controlled benchmark's built-ins (tasks/controlled.py, applied sentence by sentence to any text) or your own as 'package.module:function' taking (sample, rng).")
+    planted_families: list[str] = option(["shuffled", "phrasing", "distractors", "noise"], "Fault families planted into the copies, taking turns: the controlled benchmark's built-ins (nslora/tasks/controlled.py, applied sentence by sentence to any text) or your own as 'package.module:function' taking (sample, rng).")
 
     def __post_init__(self):
         require(0.0 <= self.planted_share <= 1.0, f"signals.planted_share={self.planted_share!r} must be in [0, 1]")

@@ -10,8 +10,8 @@ import hashlib
 import os
 from pathlib import Path
 
-from core.atomic import folder_atomic, put_file
-from core.errors import UserError
+from nslora.core.atomic import folder_atomic, put_file
+from nslora.core.errors import UserError
 
 DEFAULT_MODEL = "smollm2-135m-instruct"
 _SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"

@@ -325,7 +325,7 @@ class Trainer:
 
     def train_epoch(self, items: list[Item], batch_size: int, seed: int, progress=None) -> dict[str, StepSignals]:
         out: dict[str, StepSignals] = {}
-        from core.interrupt import Interrupted, stop_requested
+        from nslora.core.interrupt import Interrupted, stop_requested
 
         for batch in batches(items, batch_size, seed):
             out.update(self.step(batch))

@@ -18,7 +18,7 @@ sys.path.insert(0, str(ROOT))
 
 
 def main() -> None:
-    from core.provenance import stamp
+    from nslora.core.provenance import stamp
     from router.config import EMBEDDED_DEFAULT
     from speed import demo
 

@@ -37,7 +37,7 @@ def main() -> None:
     from adapters.lora import wrap
     from adapters.signals import answer_token_stats, per_sample_loss
     from adapters.train import Item, collate, encode
-    from tasks.babi import generate_babi, parse_babi
+    from nslora.tasks.babi import generate_babi, parse_babi
 
     torch.set_num_threads(int(os.environ.get("BENCH_THREADS", "2")))
     from bench_models import load

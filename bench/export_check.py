@@ -30,7 +30,7 @@ def main() -> None:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from adapters.generate import greedy_replies
-    from router.model_export import export_model
+    from nslora.commands.model_export import export_model
     from router.run import _quiet_libraries
 
     _quiet_libraries()

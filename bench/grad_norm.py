@@ -35,7 +35,7 @@ def setup(model_name: str, batch: int, dtype: str = "float32"):
     from adapters.lora import wrap
     from adapters.train import Item
     from router.config import LoraConfig, TaskConfig
-    from tasks import load_task
+    from nslora.tasks import load_task
 
     if model_name.startswith("random-llama-"):
         model, tok = random_llama(model_name)

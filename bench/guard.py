@@ -26,8 +26,8 @@ def main() -> None:
     from rewriter import guard
     from rewriter.pool import rewrite_many
     from rewriter.strategies import RewriteContext, build_strategy
-    from tasks import load_task
-    from tasks.config import TaskConfig
+    from nslora.tasks import load_task
+    from nslora.tasks.config import TaskConfig
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--n", type=int, default=512)

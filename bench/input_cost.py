@@ -41,7 +41,7 @@ def main() -> None:
     from adapters.config import LoraConfig, TrainConfig
     from adapters.lora import wrap
     from adapters.train import Item, Trainer
-    from tasks.babi import DEFAULT_SYSTEM, generate_babi, parse_babi
+    from nslora.tasks.babi import DEFAULT_SYSTEM, generate_babi, parse_babi
 
     torch.set_num_threads(int(os.environ.get("BENCH_THREADS", "2")))
     from bench_models import load

@@ -117,9 +117,9 @@ def main() -> None:
     import torch
 
     torch.set_num_threads(int(os.environ.get("BENCH_THREADS", "2")))
-    from core.provenance import stamp
+    from nslora.core.provenance import stamp
     from router.config import load as load_config
-    from tasks import load_task
+    from nslora.tasks import load_task
 
     # One epoch, routing forced at it (min_epoch is 2, so epoch 1 is the probe: C1 needs an earlier epoch —
     # we route with a policy that needs no saturation and sends nothing to the rewriter).

@@ -89,7 +89,7 @@ def main() -> None:
     from rewriter import guard
     from rewriter.engines import import_textgrad
     from rewriter.strategies import RewriteContext
-    from tasks.base import Sample
+    from nslora.tasks.base import Sample
 
     import_textgrad()
     guard.similarity("warm", "up")  # load the embedder before any clock starts

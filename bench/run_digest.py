@@ -16,7 +16,7 @@ from pathlib import Path
 
 TABLES = {"signals": "epoch, sample_id", "decisions": "epoch, sample_id, path", "rewrites": "epoch, sample_id",
           "evals": "epoch, sample_id", "epochs": "epoch"}
-# Wall-clock fields, the run folder's own path and the code stamp (commit, date: core/provenance.py) differ between
+# Wall-clock fields, the run folder's own path and the code stamp (commit, date: nslora/core/provenance.py) differ between
 # any two runs; the digest compares what the runs decided and measured.
 CLOCK = {"seconds", "wall_seconds", "processes", "round_seconds", "round_busy_seconds", "busy_seconds", "node_seconds",
          "run_dir", "code"}

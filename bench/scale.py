@@ -95,7 +95,7 @@ def one(n: int, stub: bool, out: Path) -> dict:
         _stub_trainer()
     marks: list = []
     _clock_nodes(marks)
-    from router.cli import main
+    from nslora.commands.cli import main
 
     sets = [f"task.n_train={n}", "task.n_heldout=32", f"model.name_or_path={model_dir}", "model.max_length=1024",
             "lora.top_layers=null", "lora.target_modules=[q_proj,v_proj]", "train.epochs=3", "train.eval_every=0",
@@ -118,7 +118,7 @@ def one(n: int, stub: bool, out: Path) -> dict:
         k, r = per_epoch[epoch], rewrites.get(epoch, 0)
         rounds.append({"epoch": epoch, "candidates": k, "route_s": round(route, 3), "route_ms_per_candidate": round(1000 * route / k, 4),
                        "rewrites": r, "rewrite_s": round(rewrite, 3), "rewrite_ms_each": round(1000 * rewrite / r, 2) if r else None})
-    probe = ("import json, resource, sys, time; t = time.perf_counter(); from router.cli import main; "
+    probe = ("import json, resource, sys, time; t = time.perf_counter(); from nslora.commands.cli import main; "
              "rc = main(['inspect', sys.argv[1]]); "
              "print(json.dumps({'rc': rc, 's': time.perf_counter() - t, 'rss': resource.getrusage(resource.RUSAGE_SELF).ru_maxrss}))")
     child = subprocess.run([sys.executable, "-c", probe, str(run)], capture_output=True, text=True, env=os.environ)
@@ -178,7 +178,7 @@ def main() -> None:
         if args.real_n:
             result[name]["full_run"] = _measure(tree, args.real_n, stub=False)
     sys.path.insert(0, str(ROOT))
-    from core.provenance import stamp
+    from nslora.core.provenance import stamp
 
     result["stamp"] = stamp(vars(args))  # the commit measured as head, the date and the arguments
     print(json.dumps(result))

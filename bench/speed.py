@@ -36,7 +36,7 @@ def _env(tree: Path) -> dict:
 def demo(tree: Path) -> dict:
     """`nslora run` with no config (the embedded default) in a child process."""
     with tempfile.TemporaryDirectory(prefix="nslora-speed-") as tmp:
-        cmd = [sys.executable, "-m", "router.cli", "run", "--set", f"run.out_dir={tmp}", "--set", "run.name=demo",
+        cmd = [sys.executable, "-m", "nslora.commands.cli", "run", "--set", f"run.out_dir={tmp}", "--set", "run.name=demo",
                "--set", "run.progress=false"]
         started = time.perf_counter()
         proc = subprocess.run(cmd, capture_output=True, text=True, env=_env(tree), cwd=tree)
@@ -74,8 +74,8 @@ def guard_worker(n: int) -> dict:
     from rewriter import guard
     from rewriter.pool import rewrite_many
     from rewriter.strategies import RewriteContext, build_strategy
-    from tasks import load_task
-    from tasks.config import TaskConfig
+    from nslora.tasks import load_task
+    from nslora.tasks.config import TaskConfig
 
     cfg = guard.GuardConfig()
     out: dict = {"verdicts": []}
@@ -103,7 +103,7 @@ def _child(tree: Path, *args: str) -> dict:
 def experiment(tree: Path, arms: list[str]) -> dict:
     """The controlled experiment's runs for `arms` at seed 0, at its own settings; wall seconds."""
     with tempfile.TemporaryDirectory(prefix="nslora-speed-") as tmp:
-        cmd = [sys.executable, "-m", "router.cli", "experiment", EXPERIMENT, "--out", tmp, "--set", "experiment.seeds=[0]",
+        cmd = [sys.executable, "-m", "nslora.commands.cli", "experiment", EXPERIMENT, "--out", tmp, "--set", "experiment.seeds=[0]",
                "--set", f"experiment.arms=[{','.join(arms)}]", "--set", "run.progress=false"]
         started = time.perf_counter()
         proc = subprocess.run(cmd, capture_output=True, text=True, env=_env(tree), cwd=tree)
@@ -153,7 +153,7 @@ def main() -> None:
             "experiment_wall": _ratio(base.get("experiment", {}).get("wall_s"), head.get("experiment", {}).get("wall_s")),
         }
     sys.path.insert(0, str(ROOT))
-    from core.provenance import stamp
+    from nslora.core.provenance import stamp
 
     result["stamp"] = stamp(vars(args))  # the commit measured as head, the date and the arguments
     print(json.dumps(result))

@@ -46,7 +46,7 @@ def config_reference() -> str:
     import typing
 
     from router.config import Config
-    from router.experiment import ExperimentConfig
+    from nslora.commands.experiment import ExperimentConfig
 
     out = ["# Config reference", "", "Every key of a run config, section by section, with its default and help (the same text "
            "`nslora run --help` prints). Set one from the command line with `--set section.key=value`, or in a YAML file "
@@ -82,9 +82,9 @@ def _argument(action: argparse.Action) -> str:
 
 
 def cli_reference() -> str:
-    from router.cli import _parser
+    from nslora.commands.cli import _parser
 
-    out = ["# CLI reference", "", "Every `nslora` command and its arguments, read from the parsers in `router/cli.py`.", ""]
+    out = ["# CLI reference", "", "Every `nslora` command and its arguments, read from the parsers in `nslora/commands/cli.py`.", ""]
     for path, parser in _subcommands(_parser(), ["nslora"]):
         subs = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
         args = [a for a in parser._actions if not isinstance(a, (argparse._HelpAction, argparse._SubParsersAction))]
@@ -126,7 +126,7 @@ def api_reference() -> str:
     from policies.base import Decision, Policy, SampleView
     from rewriter.engine import Engine
     from rewriter.strategies.base import Strategy
-    from tasks.base import Task
+    from nslora.tasks.base import Task
 
     out = ["# Python API reference", "", "The functions of `import nslora` and the contracts a plug-in implements, from their "
            "docstrings.", "", "## `nslora`", "", inspect.getdoc(nslora) or "", ""]

@@ -11,7 +11,7 @@ import math
 from dataclasses import asdict, dataclass, field
 from typing import Any, ClassVar, Literal
 
-from core import plugins
+from nslora.core import plugins
 
 Route = Literal["numerical", "symbolic"]
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from core.options import option, require
+from nslora.core.options import option, require
 
 
 @dataclass

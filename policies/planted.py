@@ -22,7 +22,7 @@ from typing import Any
 
 from policies.base import SampleView, register
 from policies.signal import _Ranked
-from tasks.base import Sample
+from nslora.tasks.base import Sample
 
 # a_alone is the same for a copy and its original (one target), so it cannot tell them apart; it would only learn
 # which answers the planted samples happened to have.
@@ -32,8 +32,8 @@ FOLDS = 5
 
 def resolve_families(names: list[str]) -> list[tuple[str, Any]]:
     """(name, function) of each planted family: a built-in of tasks.controlled, or 'package.module:function'."""
-    from core import plugins
-    from tasks.controlled import FAMILIES
+    from nslora.core import plugins
+    from nslora.tasks.controlled import FAMILIES
 
     return [(n, plugins.resolve("signals.planted_families", n, FAMILIES, "a function (sample, rng) -> Sample", accept=callable))
             for n in names]

@@ -32,7 +32,7 @@ from rewriter.batch_api import (  # noqa: F401  (re-exported: the batch path's p
     scrub,
     submit,
 )
-from core.atomic import open_atomic
+from nslora.core.atomic import open_atomic
 from rewriter.cache import CachedEngine, ReplyCache, request_key
 from rewriter.engine import to_messages
 from rewriter.strategies.base import RewriteContext, RewriteResult, judge

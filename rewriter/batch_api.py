@@ -26,7 +26,7 @@ import os
 import time
 from typing import Callable, NamedTuple
 
-from core.atomic import open_atomic, write_bytes, write_text
+from nslora.core.atomic import open_atomic, write_bytes, write_text
 from rewriter.engine import EngineError, one_line, usage_detail_of
 
 ENDPOINT = "/v1/chat/completions"

@@ -23,7 +23,7 @@ import os
 import threading
 import time
 
-from core.atomic import connect_durable
+from nslora.core.atomic import connect_durable
 from rewriter.engine import CONTROL_PARAMS, EngineError, to_messages, usage_detail_of
 
 SCHEMA = """

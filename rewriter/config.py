@@ -6,8 +6,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from core import plugins
-from core.options import option, require
+from nslora.core import plugins
+from nslora.core.options import option, require
 
 
 @dataclass

@@ -15,8 +15,8 @@ from dataclasses import dataclass
 from functools import cache
 from typing import Callable
 
-from core import plugins
-from core.errors import UserError
+from nslora.core import plugins
+from nslora.core.errors import UserError
 from rewriter.engine import CONTROL_PARAMS, Engine, EngineError, UsageCounter, check_engine, one_line, to_messages
 from rewriter.http import OPENAI_URL, CircuitBreaker, OpenAIEngine, breaker_for, probe, reset_breakers
 from rewriter.local import LocalEngine

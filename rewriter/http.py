@@ -22,7 +22,7 @@ import time
 from collections import Counter
 from urllib.parse import urlsplit, urlunsplit
 
-from core.errors import UserError
+from nslora.core.errors import UserError
 from rewriter.engine import CONTROL_PARAMS, EngineError, UsageCounter, one_line, to_messages
 
 OPENAI_URL = "https://api.openai.com/v1"

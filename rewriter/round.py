@@ -20,8 +20,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from core import plugins
-from core.errors import UserError
+from nslora.core import plugins
+from nslora.core.errors import UserError
 from rewriter.config import RewriterConfig
 from rewriter.guard import GuardConfig
 from rewriter import guard

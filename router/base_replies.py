@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from core.atomic import write_json
+from nslora.core.atomic import write_json
 
 FOLDER = ".base-replies"
 

@@ -1,7 +1,7 @@
 """Run configuration: the sections of every component composed into one Config, read from YAML and
 `--set section.key=value` overrides.
 
-Each section's dataclass lives beside its component (adapters/config.py, tasks/config.py, policies/config.py,
+Each section's dataclass lives beside its component (adapters/config.py, nslora/tasks/config.py, policies/config.py,
 rewriter/config.py); every field carries its help text, and `__post_init__` rejects impossible values with a
 message that quotes them. This module owns only the run section, the composition and the loader.
 """
@@ -18,11 +18,11 @@ from typing import Any, Literal, get_args, get_origin, get_type_hints
 import yaml
 
 from adapters.config import LoraConfig, ModelConfig, SignalsConfig, TrainConfig
-from core.errors import UserError
-from core.options import option, require
+from nslora.core.errors import UserError
+from nslora.core.options import option, require
 from policies.config import PolicyConfig, SaturationConfig
 from rewriter.config import RewriterConfig
-from tasks.config import TaskConfig
+from nslora.tasks.config import TaskConfig
 
 
 @dataclass
@@ -152,14 +152,30 @@ def load(path: str | None, overrides: list[str] | None = None) -> Config:
     raw: dict[str, Any] = {k: dict(v) for k, v in EMBEDDED_DEFAULT.items()} if path is None else {}
     source = "embedded default"
     if path is not None:
-        raw = read_yaml(path, "configs/babi.yaml")
+        raw = read_yaml(path, "configs/babi.yaml, or a shipped config by name: babi")
         source = str(path)
     return from_dict(apply_overrides(raw, overrides or []), source)
 
 
+def shipped_configs() -> Path:
+    """The configs that come with ns-lora: nslora/configs inside an installed wheel, configs/ in a checkout."""
+    top = Path(__file__).resolve().parents[1]  # site-packages, or the checkout
+    return top / "nslora" / "configs" if (top / "nslora" / "configs").is_dir() else top / "configs"
+
+
+def config_file(path: str) -> Path:
+    """A config file: the path as given or, when no such file exists, a shipped config by its path under configs/,
+    with or without .yaml (`babi`, `experiments/controlled`), so the same names work outside a checkout."""
+    given = Path(path)
+    if given.is_file() or given.is_absolute():
+        return given
+    shipped = shipped_configs()
+    return next((c for c in (shipped / path, shipped / f"{path}.yaml") if c.is_file()), given)
+
+
 def read_yaml(path: str, example: str) -> Any:
     """A YAML config file's contents ({} when empty); a missing or malformed file is refused in one line."""
-    p = Path(path)
+    p = config_file(path)
     require(p.is_file(), f"config file {path} does not exist; give a YAML file, e.g. {example}")
     try:
         return yaml.safe_load(p.read_text(encoding="utf-8")) or {}

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import torch
 
-from core.atomic import open_atomic
-from core.interrupt import Interrupted, install_signal_handlers, stop_requested  # noqa: F401  (the run's stop points)
+from nslora.core.atomic import open_atomic
+from nslora.core.interrupt import Interrupted, install_signal_handlers, stop_requested  # noqa: F401  (the run's stop points)
 
 KEEP = 2  # the graph may resume from the epoch before the newest trainer checkpoint, never earlier
 
@@ -44,7 +44,7 @@ def save_trainer(trainer, run_dir: Path, epoch: int) -> None:
 def load_trainer(trainer, run_dir: Path, epoch: int) -> None:
     path = trainer_path(run_dir, epoch)
     if not path.is_file():
-        from core.errors import UserError
+        from nslora.core.errors import UserError
 
         raise UserError(f"{path} is missing, so {run_dir} cannot resume from epoch {epoch}; start the run again")
     state = torch.load(path, weights_only=False)
@@ -87,7 +87,7 @@ def hold_folder(path: Path):
     the OS releases the lock when the process ends, however it ends."""
     import fcntl
 
-    from core.errors import UserError
+    from nslora.core.errors import UserError
 
     path.parent.mkdir(parents=True, exist_ok=True)
     handle = open(path.parent / f".{path.name}.lock", "a+")

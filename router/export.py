@@ -12,8 +12,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from core.atomic import folder_atomic, write_text
-from core.provenance import stamp
+from nslora.core.atomic import folder_atomic, write_text
+from nslora.core.provenance import stamp
 from router.state import current_prompts
 
 
@@ -115,7 +115,7 @@ def export_run(path: Path, ctx, state, started: float) -> dict[str, Any]:
         "wall_seconds": round(wall, 3), "processes": processes,
         # Seconds per graph node and for checkpoints, up to this export (run.sqlite's timings has them per epoch).
         "node_seconds": ctx.store.timing_totals(),
-        # The code and config that produced these numbers (core/provenance.py): a table made from this run later
+        # The code and config that produced these numbers (nslora/core/provenance.py): a table made from this run later
         # knows whether its scorer or trainer has changed since.
         "code": stamp(dataclasses.asdict(ctx.cfg)),
     }

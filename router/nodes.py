@@ -19,7 +19,7 @@ from router.config import Config
 from router.export import export_run
 from router.state import current_prompts
 from router.store import Store
-from tasks.base import Sample, Task
+from nslora.tasks.base import Sample, Task
 
 
 @dataclass
@@ -105,7 +105,7 @@ def evaluate(state, ctx: RunContext):
     acc = sum(r["correct"] for r in rows) / len(rows)
     ctx.store.set_heldout_accuracy(epoch, acc)
     if ctx.tensorboard is not None:
-        from report.tensorboard import scalars_from_store
+        from nslora.report.tensorboard import scalars_from_store
 
         ctx.tensorboard.log_epoch(epoch, scalars_from_store(ctx.store, epoch))
     return {"accuracy": {**state.get("accuracy", {}), str(epoch): acc}}
@@ -114,7 +114,7 @@ def evaluate(state, ctx: RunContext):
 def score_reply(ctx: RunContext, epoch: int, sample, reply: str) -> dict[str, Any]:
     """One held-out reply scored both ways; `correct` is the one task.scoring makes the headline."""
     flexible = int(ctx.score(reply, sample))
-    strict_of = getattr(ctx.task, "score_strict", None)  # a task class not built on tasks.Task may lack it
+    strict_of = getattr(ctx.task, "score_strict", None)  # a task class not built on nslora.tasks.Task may lack it
     strict = int(strict_of(reply, sample)) if strict_of is not None else None
     headline = strict if ctx.cfg.task.scoring == "strict" else flexible
     return {"epoch": epoch, "sample_id": sample.id, "reply": reply, "prediction": ctx.task.extract(reply),

@@ -16,7 +16,7 @@ from typing import Any, NamedTuple
 
 import yaml
 
-from core.errors import UserError
+from nslora.core.errors import UserError
 from rewriter.engines import engine_kind
 from router.config import Config, to_dict
 
@@ -37,8 +37,8 @@ def plan(cfg: Config) -> Plan:
     from adapters.model import resolve
     from policies import REGISTRY, build
     from rewriter.round import Rewriter
-    from tasks import load_task
-    from tasks.scoring import build_scorer
+    from nslora.tasks import load_task
+    from nslora.tasks.scoring import build_scorer
 
     task, train, heldout = load_task(cfg.task)
     score = build_scorer(cfg.task.scorer, task, train + heldout)
@@ -47,7 +47,7 @@ def plan(cfg: Config) -> Plan:
     if cfg.policy.path is not None:
         params.setdefault("path", cfg.policy.path)
     if cfg.task.scoring == "strict" and not callable(getattr(task, "score_strict", None)):
-        raise UserError(f"task.scoring=strict: task {cfg.task.name} has no score_strict; build it on tasks.Task (give it extract_strict) or use task.scoring=flexible")
+        raise UserError(f"task.scoring=strict: task {cfg.task.name} has no score_strict; build it on nslora.tasks.Task (give it extract_strict) or use task.scoring=flexible")
     policy = build(cfg.policy.name, params, p=cfg.saturation.p, seed=cfg.train.seed)
     if callable(getattr(policy, "preflight", None)):  # a policy's own check of what it needs (reward: its folder)
         policy.preflight()
@@ -59,7 +59,7 @@ def plan(cfg: Config) -> Plan:
 
         resolve_families(cfg.signals.planted_families)  # a misspelt family is refused now, not after model loading
     if cfg.policy.name not in REGISTRY:  # your own class: checked on a fresh instance, the run's stays untouched
-        from core import plugins
+        from nslora.core import plugins
         from policies import check_policy
 
         plugins.conformance("policy.name", cfg.policy.name, lambda: check_policy(build(cfg.policy.name, params, p=cfg.saturation.p, seed=cfg.train.seed)))
@@ -187,7 +187,7 @@ def _wrap(model, cfg: Config):
 
 def _open_store(cfg: Config, path: Path | None, dist, fresh: bool):
     """The run's store (a fresh folder with config.yaml for a new run); other processes keep a scratch one."""
-    from core.atomic import write_text
+    from nslora.core.atomic import write_text
     from router.store import Store
 
     if not dist.is_main_process:
@@ -218,7 +218,7 @@ def _execute(ctx, path: Path, dist, durable: bool) -> None:
     from router.graph import build_graph
 
     if ctx.cfg.run.tensorboard and dist.is_main_process:
-        from report.tensorboard import TensorBoardLogger
+        from nslora.report.tensorboard import TensorBoardLogger
 
         ctx.tensorboard = TensorBoardLogger(path)
     from router.timing import NodeClock, timed_saver
@@ -266,7 +266,7 @@ def _execute(ctx, path: Path, dist, durable: bool) -> None:
 def _checkpointer(ctx, path: Path):
     from langgraph.checkpoint.sqlite import SqliteSaver
 
-    from core.atomic import connect_durable
+    from nslora.core.atomic import connect_durable
     from router import durable as dur
 
     (path / "checkpoints").mkdir(exist_ok=True)
@@ -378,7 +378,7 @@ def _fit_lengths(p: Plan, tokenizer, cfg: Config) -> Plan:
         if cfg.task.long != "truncate":
             raise UserError(f"sample {s.id} is {n} tokens, over model.max_length={cfg.model.max_length}; raise "
                             "model.max_length, use shorter samples, or set task.long=truncate")
-        from router.evaluate import fit
+        from router.prompts import fit
 
         room = cfg.model.max_length - (n - len(tokenizer(_prompt(tokenizer, s), add_special_tokens=False)["input_ids"]))
         question, _ = fit(tokenizer, s.system, s.question, room)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, TypedDict
 
-from core.errors import UserError
+from nslora.core.errors import UserError
 
 
 def round_decisions(old: list[dict] | None, new: list[dict] | None) -> list[dict]:

@@ -8,9 +8,9 @@ from rewriter.answer_check import AnswerChecked
 from rewriter.engine import UsageCounter
 from rewriter.guard import GuardConfig
 from rewriter.strategies import RewriteContext, build_strategy
-from router.cli import main
-from tasks.babi import BabiTask
-from tasks.base import Sample
+from nslora.commands.cli import main
+from nslora.tasks.babi import BabiTask
+from nslora.tasks.base import Sample
 from test_e2e import KEY, rows, tiny_dir, write_config  # noqa: F401  (fixture)
 
 STORY = "Mary moved to the bathroom.\nJohn went to the hallway.\nWhere is Mary?"

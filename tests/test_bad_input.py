@@ -17,7 +17,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import conftest  # noqa: E402,F401  (environment before anything imports textgrad)
-from router.cli import main  # noqa: E402
+from nslora.commands.cli import main  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from router.cli import main
+from nslora.commands.cli import main
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -69,7 +69,7 @@ def test_unreachable_rewriter_endpoint(tmp_path, capsys, monkeypatch):
 
 
 def test_the_real_console_exit_code_and_no_traceback(tmp_path):
-    proc = subprocess.run([sys.executable, "-m", "router.cli", "run", "--set", "saturation.p=2"], cwd=tmp_path,
+    proc = subprocess.run([sys.executable, "-m", "nslora.commands.cli", "run", "--set", "saturation.p=2"], cwd=tmp_path,
                           capture_output=True, text=True, env={**__import__("os").environ, "PYTHONPATH": str(ROOT)})
     assert proc.returncode == 2
     assert proc.stderr.strip() == "nslora: error: saturation.p=2.0 must be in (0, 1]"
@@ -77,6 +77,6 @@ def test_the_real_console_exit_code_and_no_traceback(tmp_path):
 
 
 def test_help_on_every_command():
-    out = subprocess.run([sys.executable, "-m", "router.cli", "run", "--help"], capture_output=True, text=True,
+    out = subprocess.run([sys.executable, "-m", "nslora.commands.cli", "run", "--help"], capture_output=True, text=True,
                          env={**__import__("os").environ, "PYTHONPATH": str(ROOT)})
     assert out.returncode == 0 and "saturation.k" in out.stdout and "--set" in out.stdout

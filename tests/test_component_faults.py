@@ -20,7 +20,7 @@ from rewriter.guard import GuardConfig
 from rewriter.pool import rewrite_many
 from rewriter.strategies import DirectStrategy, RewriteContext, TextGradStrategy
 from rewriter.strategies.base import RoundStopped
-from tasks.base import Sample
+from nslora.tasks.base import Sample
 from test_e2e import KEY, rows, tiny_dir, write_config  # noqa: F401  (fixture)
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -73,7 +73,7 @@ def _jobs(engine, n=3, guard=None):
 
 def test_a_guard_embedder_that_cannot_run_is_refused_before_epoch_1_in_one_line(tiny_dir, tmp_path, monkeypatch, capsys):
     from rewriter import guard
-    from router.cli import main
+    from nslora.commands.cli import main
 
     monkeypatch.setenv("NSLORA_TEST_KEY", KEY)
     monkeypatch.setattr(guard, "_EMBEDDERS", {})  # not the one an earlier test loaded
@@ -89,7 +89,7 @@ def test_a_guard_embedder_that_cannot_run_is_refused_before_epoch_1_in_one_line(
 
 
 def test_a_strategy_that_fails_its_example_is_refused_in_one_line(tmp_path, monkeypatch, capsys):
-    from router.cli import main
+    from nslora.commands.cli import main
 
     (tmp_path / "crashing.py").write_text("from rewriter.strategies import DirectStrategy\n\n"
                                           "class Crash(DirectStrategy):\n"
@@ -108,7 +108,7 @@ def test_a_strategy_that_fails_its_example_is_refused_in_one_line(tmp_path, monk
 def _cli(*args, cwd, path):
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), str(path)]), "NSLORA_TEST_KEY": KEY,
            "OMP_NUM_THREADS": "1"}
-    return subprocess.run([sys.executable, "-m", "router.cli", *args], cwd=cwd, env=env, capture_output=True,
+    return subprocess.run([sys.executable, "-m", "nslora.commands.cli", *args], cwd=cwd, env=env, capture_output=True,
                           text=True, timeout=300)
 
 
@@ -216,8 +216,8 @@ def _hold_lock(path, seconds=None):
 
 
 def test_a_locked_store_is_waited_for_then_named_in_one_line(store_dir, monkeypatch, capsys):
-    from report import data as D
-    from router.cli import main
+    from nslora.report import data as D
+    from nslora.commands.cli import main
 
     monkeypatch.setattr(D, "LOCK_WAIT", 0.5, raising=False)
     db = _hold_lock(store_dir)
@@ -237,7 +237,7 @@ def test_a_locked_store_is_waited_for_then_named_in_one_line(store_dir, monkeypa
 
 
 def test_only_a_missing_table_or_column_reads_as_an_older_run(store_dir, monkeypatch):
-    from report import data as D
+    from nslora.report import data as D
 
     db = sqlite3.connect(store_dir / "run.sqlite")
     db.execute("DROP TABLE timings")

@@ -3,7 +3,7 @@
 import pytest
 
 from router.config import Config, load
-from core.errors import UserError
+from nslora.core.errors import UserError
 
 
 def test_embedded_default_and_overrides_are_typed(tmp_path):

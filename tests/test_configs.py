@@ -18,7 +18,7 @@ def test_config_parses_and_opens_with_its_command(path):
         data = (path.parents[1] / cfg.task.path).resolve()
         if not data.exists():
             pytest.skip(f"{data} not on this machine")
-        from tasks import load_task
+        from nslora.tasks import load_task
         import dataclasses
 
         _, train, heldout = load_task(dataclasses.replace(cfg.task, path=data))
@@ -30,7 +30,7 @@ EXPERIMENTS = sorted((Path(__file__).resolve().parents[1] / "configs" / "experim
 
 @pytest.mark.parametrize("path", EXPERIMENTS, ids=lambda p: str(p.relative_to(p.parents[1])))
 def test_experiment_config_parses_and_opens_with_its_command(path):
-    from router.experiment import load_experiment
+    from nslora.commands.experiment import load_experiment
 
     exp, base = load_experiment(str(path))
     root = Path(__file__).resolve().parents[1]
@@ -51,7 +51,7 @@ def test_experiment_config_parses_and_opens_with_its_command(path):
     import dataclasses
 
     from router.config import from_dict
-    from tasks import load_task
+    from nslora.tasks import load_task
 
     cfg = from_dict(base)
     _, train, heldout = load_task(dataclasses.replace(cfg.task, path=data))
@@ -62,8 +62,8 @@ def test_the_controlled_benchmark_is_the_policy_bench_at_more_held_out_items_and
     """fault-cost.yaml and controlled.yaml share one experiment folder (lora-clean and lora-only run once), which
     needs identical run sections; both are `nslora policy bench`'s default with 512 held-out items, so a rule
     checked with the bench is checked at the benchmark's settings."""
-    from router.experiment import load_experiment
-    from router.policy_bench import bench_config
+    from nslora.commands.experiment import load_experiment
+    from nslora.commands.policy_bench import bench_config
 
     root = Path(__file__).resolve().parents[1] / "configs" / "experiments"
     (cost, cost_base), (full, full_base) = (load_experiment(str(root / f"{n}.yaml")) for n in ("fault-cost", "controlled"))
@@ -72,3 +72,6 @@ def test_the_controlled_benchmark_is_the_policy_bench_at_more_held_out_items_and
     bench = bench_config(["task.n_heldout=512"])
     for section in ("model", "lora", "task", "train", "saturation", "rewriter", "signals", "policy"):
         assert full_base[section] == bench[section], section
+    # What the faults cost is measured with LoRA alone: a family arm left to the default policy would be routed.
+    for arm in cost.arms:
+        assert cost.changes(arm).get("policy.name") == "lora-only", f"fault-cost arm {arm} routes samples"

@@ -9,12 +9,12 @@ import pytest
 
 import numpy as np
 
-from core.errors import UserError
+from nslora.core.errors import UserError
 from policies.quality import auc, detection, round_quality, routing_quality
-from router.cli import main
-from tasks import load_task
-from tasks.config import TaskConfig
-from tasks.controlled import FAMILIES, canonical
+from nslora.commands.cli import main
+from nslora.tasks import load_task
+from nslora.tasks.config import TaskConfig
+from nslora.tasks.controlled import FAMILIES, canonical
 from test_e2e import KEY, rows, tiny_dir, write_config  # noqa: F401  (fixture)
 from test_reward import tiny_backbone, trained  # noqa: F401  (fixtures)
 
@@ -252,7 +252,7 @@ def test_a_reward_policy_is_scored_against_the_planted_faults(tiny_dir, trained,
     from policies.quality import auc
     from policies.reward.pairs import sample_text
     from policies.reward.policy import RewardPolicy
-    from router.experiment import Experiment, ExperimentConfig
+    from nslora.commands.experiment import Experiment, ExperimentConfig
 
     _, policy_dir = trained
     run = _controlled_run(tmp_path, tiny_dir, "lora-only")

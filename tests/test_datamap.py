@@ -8,9 +8,9 @@ import io
 
 import pytest
 
-from core.errors import UserError
-from report import data as D
-from report import datamap
+from nslora.core.errors import UserError
+from nslora.report import data as D
+from nslora.report import datamap
 from test_e2e import routed_run, tiny_dir  # noqa: F401  (fixtures)
 from test_report import CHROMIUM, _chromium, _probe
 
@@ -80,7 +80,7 @@ def test_the_report_writes_the_png_beside_it_and_refuses_a_foreign_file(tmp_path
 def test_the_data_map_renders_in_headless_chromium(tmp_path, n):
     from PIL import Image
 
-    from report.html import _page
+    from nslora.report.html import _page
 
     html = _page("data map", "synthetic", datamap.section_html(_run(tmp_path, n)))
     probe, _ = _probe(tmp_path, html, "probe.html")
@@ -97,7 +97,7 @@ def test_the_data_map_renders_in_headless_chromium(tmp_path, n):
 
 
 def test_write_report_checks_both_files_before_writing_either(routed_run, tmp_path):
-    from report.html import write_report
+    from nslora.report.html import write_report
 
     run_dir, _ = routed_run
     page = tmp_path / "page.html"

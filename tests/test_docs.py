@@ -43,7 +43,7 @@ def test_every_config_key_and_command_is_in_the_reference():
     import dataclasses
     import typing
 
-    from router.cli import _parser
+    from nslora.commands.cli import _parser
     from router.config import Config
 
     gen = _generator()
@@ -67,8 +67,8 @@ def test_every_built_in_name_is_in_the_help_of_its_config_key():
     from rewriter.config import RewriterConfig
     from rewriter.engines import ENGINES
     from rewriter.strategies import STRATEGIES
-    from tasks import TASKS
-    from tasks.config import TaskConfig
+    from nslora.tasks import TASKS
+    from nslora.tasks.config import TaskConfig
 
     def help_of(cls, key):
         return next(f.metadata["help"] for f in dataclasses.fields(cls) if f.name == key)

@@ -121,8 +121,8 @@ def test_a_run_records_the_dynamics_and_a_users_policy_reads_them(tiny_dir, tmp_
     augmented = datasets.load_from_disk(str(run / "augmented"))
     assert set(json.loads(augmented[0]["dynamics"])) == {"confidence", "variability", "correct_share", "forgetting", "aum", "el2n"}
     # nslora inspect --sample shows them per epoch.
-    from report import data as D
-    from report import terminal
+    from nslora.report import data as D
+    from nslora.report import terminal
 
     table = terminal.sample_table(D.load_run(run), views[0].id)
     assert [c.header for c in table.columns][5:7] == ["p(gold)", "margin"]

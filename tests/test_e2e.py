@@ -9,7 +9,7 @@ import torch
 import yaml
 
 from fake_openai import PREFIX, FakeOpenAI
-from router.cli import main
+from nslora.commands.cli import main
 from tiny import make_tiny
 
 torch.set_num_threads(1)

@@ -9,8 +9,8 @@ import pytest
 import torch
 import yaml
 
-from report.stats import mde, mean_std, paired_bootstrap, recovered_headroom
-from router.cli import main
+from nslora.report.stats import mde, mean_std, paired_bootstrap, recovered_headroom
+from nslora.commands.cli import main
 from test_e2e import rows, tiny_dir  # noqa: F401  (tiny_dir: fixture)
 from test_reward import tiny_backbone  # noqa: F401  (fixture)
 
@@ -299,7 +299,7 @@ def test_rules_strategy_appends_the_task_guidance_to_the_system_prompt_once():
     from rewriter.guard import GuardConfig
     from rewriter.strategies.base import RewriteContext
     from rewriter.strategies.rules import SYSTEM_GUIDANCE, RulesStrategy, shared_system
-    from tasks.base import Sample
+    from nslora.tasks.base import Sample
 
     q = "Mary moved to the bathroom.\nJohn went to the hallway.\nWhere is Mary?"
     sample = Sample("s", "Answer.", q, "bathroom", "bathroom")
@@ -337,8 +337,8 @@ def test_prompts_from_refuses_data_of_another_split(experiment, tmp_path):
     import dataclasses
 
     from router.config import TaskConfig
-    from core.errors import UserError
-    from tasks import load_task
+    from nslora.core.errors import UserError
+    from nslora.tasks import load_task
 
     _, _, root = experiment
     source = root / "loss-ratio" / "seed-0"
@@ -388,7 +388,7 @@ def test_gemma3_270m_resolves_to_the_checked_gguf_from_its_wheels(tmp_path, monk
 def test_a_table_is_stamped_and_goes_stale_when_its_scorer_changes(experiment, tmp_path):
     import shutil
 
-    from core import provenance
+    from nslora.core import provenance
 
     _, _, root = experiment
     table = json.loads((root / "results.json").read_text())
@@ -403,6 +403,6 @@ def test_a_table_is_stamped_and_goes_stale_when_its_scorer_changes(experiment, t
         (tree / rel).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy(provenance.ROOT / rel, tree / rel)
     assert provenance.stale(table, root=tree) is None
-    with open(tree / "tasks" / "scoring.py", "a") as f:
+    with open(tree / "nslora" / "tasks" / "scoring.py", "a") as f:
         f.write("\n# a change to how replies are scored\n")
-    assert "tasks/scoring.py changed" in provenance.stale(table, root=tree)
+    assert "nslora/tasks/scoring.py changed" in provenance.stale(table, root=tree)

@@ -5,12 +5,12 @@ found marked; each row: reply, gold answer, what extraction gives, whether flexi
 
 import pytest
 
-from tasks.babi import BabiTask
-from tasks.base import Sample
-from tasks.clinifact import ClinifactTask
-from tasks.controlled import ControlledTask
-from tasks.gsm8k import Gsm8kTask
-from tasks.sft import SftTask, find_label
+from nslora.tasks.babi import BabiTask
+from nslora.tasks.base import Sample
+from nslora.tasks.clinifact import ClinifactTask
+from nslora.tasks.controlled import ControlledTask
+from nslora.tasks.gsm8k import Gsm8kTask
+from nslora.tasks.sft import SftTask, find_label
 
 
 def _sample(gold: str) -> Sample:

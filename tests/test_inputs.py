@@ -148,8 +148,8 @@ def test_a_run_measures_each_prompt_once_and_a_users_policy_reads_it(tiny_dir, t
         since = 0 if not v.rewrites else max(p["since"] for p in prompts if p["sample_id"] == v.id and p["since"] < v.epoch
                                              and p["question"] == v.question)
         assert v.inputs == {k: by_key[(v.id, since)][k] for k in ("q_nll", "q_top", "a_loss", "a_alone", "ifd")}
-    from report import data as D
-    from report import terminal
+    from nslora.report import data as D
+    from nslora.report import terminal
 
     caption = terminal.sample_table(D.load_run(run), views[0].id).caption
     assert f"base model, original prompt: question NLL {terminal._num(by_key[(views[0].id, 0)]['q_nll'])}" in caption

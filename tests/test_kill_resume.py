@@ -24,7 +24,7 @@ KILLS = 10
 def _cli(*args, cwd, path=(), **env_vars):
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), *map(str, path)]), "NSLORA_TEST_KEY": KEY,
            "OMP_NUM_THREADS": "1", **env_vars}
-    return subprocess.Popen([sys.executable, "-m", "router.cli", *args], cwd=cwd, env=env,
+    return subprocess.Popen([sys.executable, "-m", "nslora.commands.cli", *args], cwd=cwd, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
@@ -263,7 +263,7 @@ def test_resume_of_a_finished_graph_without_its_outputs_exports_again(tiny_dir, 
 
 
 def test_a_run_folder_in_use_is_refused_and_left_alone(tiny_dir, tmp_path, capsys):
-    from router.cli import main
+    from nslora.commands.cli import main
     from router.durable import hold_folder
 
     cfg = write_config(tmp_path, tiny_dir, None, policy={"name": "lora-only"}, train={"epochs": 1})

@@ -15,7 +15,7 @@ import urllib.request
 
 import pytest
 
-from router.cli import main
+from nslora.commands.cli import main
 from test_e2e import rows, tiny_dir, write_config  # noqa: F401  (fixture)
 
 

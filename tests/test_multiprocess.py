@@ -25,7 +25,7 @@ def _free_port() -> int:
 def _launch(cfg: Path, processes: int, cwd: Path) -> subprocess.CompletedProcess:
     torchrun = shutil.which("torchrun", path=os.path.dirname(sys.executable))
     cmd = [torchrun, f"--nproc_per_node={processes}", "--master_addr=127.0.0.1", f"--master_port={_free_port()}",
-           "-m", "router.cli", "run", str(cfg)]
+           "-m", "nslora.commands.cli", "run", str(cfg)]
     env = {**os.environ, "PYTHONPATH": str(ROOT), "NSLORA_TEST_KEY": KEY, "OMP_NUM_THREADS": "1"}
     return subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
 

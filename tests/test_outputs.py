@@ -6,9 +6,9 @@ import os
 
 import pytest
 
-from core import atomic
-from core.errors import UserError
-from router.cli import main
+from nslora.core import atomic
+from nslora.core.errors import UserError
+from nslora.commands.cli import main
 from test_e2e import rows, tiny_dir, write_config  # noqa: F401  (fixture)
 from test_sft import chat_rows, pc_rows, write_jsonl
 
@@ -72,7 +72,7 @@ def test_eval_refuses_a_dataset_dict_without_a_split(tiny_dir, tmp_path, capsys)
 
 
 def test_truncation_tokenises_a_logarithmic_number_of_times():
-    from router.evaluate import fit
+    from router.prompts import fit
     from tiny import make_tokenizer
 
     real, calls = make_tokenizer(), []
@@ -163,7 +163,7 @@ def test_the_run_store_and_checkpoints_commit_with_full_sync(tmp_path):
 
 
 def test_a_report_page_replaces_an_earlier_page_but_not_a_users_file(tmp_path):
-    from report.html import _page, write_atomic
+    from nslora.report.html import _page, write_atomic
 
     page = tmp_path / "compare.html"
     write_atomic(page, _page("one", "", "<p>1</p>"))

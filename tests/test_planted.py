@@ -9,10 +9,10 @@ import random
 import numpy as np
 import pytest
 
-from core.errors import UserError
+from nslora.core.errors import UserError
 from policies.planted import fit_detector, plant, planted_copies, presentation_score, resolve_families
-from router.cli import main
-from tasks.base import Sample
+from nslora.commands.cli import main
+from nslora.tasks.base import Sample
 from test_e2e import rows, tiny_dir, write_config  # noqa: F401  (fixture)
 
 GSM = Sample(id="g1", system="", question="Natalia sold clips to 48 friends in April. Then she sold half as many in May. "

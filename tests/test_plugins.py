@@ -9,7 +9,7 @@ import textwrap
 import pytest
 
 from fake_openai import FakeOpenAI
-from router.cli import main
+from nslora.commands.cli import main
 from test_e2e import KEY, rows, tiny_dir, write_config  # noqa: F401  (fixture)
 
 STRATEGY = '''
@@ -49,7 +49,7 @@ class Echo:
 
 TASK = '''
 import random
-from tasks import Sample, Task
+from nslora.tasks import Sample, Task
 
 class Parity(Task):
     name, default_system = "parity", "Answer even or odd."
@@ -139,12 +139,12 @@ BROKEN = [
      "rewriter.engine='bad_e:E' breaks its contract: E.generate must return a str, got dict"),
     ("engine without generate", "bad_e2", "class E:\n    name = 'e'\n", {"rewriter": {"engine": "bad_e2:E", "strategy": "direct"}},
      "rewriter.engine='bad_e2:E' breaks its contract: E needs a method generate(prompt, system=None, **params) -> str"),
-    ("task loads dicts", "bad_t", "from tasks import Task\nclass T(Task):\n    def load(self, cfg):\n"
+    ("task loads dicts", "bad_t", "from nslora.tasks import Task\nclass T(Task):\n    def load(self, cfg):\n"
      "        return [{'id': str(i)} for i in range(40)]\n    def extract(self, text):\n        return text\n",
-     {"task": {"name": "bad_t:T"}}, "task.name='bad_t:T' breaks its contract: T.load(cfg) must return tasks.Sample objects, got dict"),
-    ("task without extract", "bad_t2", "from tasks import Sample\nclass T:\n    default_system = 'x'\n    def load(self, cfg):\n"
+     {"task": {"name": "bad_t:T"}}, "task.name='bad_t:T' breaks its contract: T.load(cfg) must return nslora.tasks.Sample objects, got dict"),
+    ("task without extract", "bad_t2", "from nslora.tasks import Sample\nclass T:\n    default_system = 'x'\n    def load(self, cfg):\n"
      "        return [Sample(str(i), 'x', 'q?', 'a', 'a') for i in range(40)]\n    def score(self, text, sample):\n        return True\n",
-     {"task": {"name": "bad_t2:T"}}, "task.name='bad_t2:T' breaks its contract: T needs a method extract() (subclass tasks.Task)"),
+     {"task": {"name": "bad_t2:T"}}, "task.name='bad_t2:T' breaks its contract: T needs a method extract() (subclass nslora.tasks.Task)"),
     ("scorer returns a string", "bad_c", "def score(reply, sample):\n    return 'yes'\n", {"task": {"scorer": "bad_c:score"}},
      "task.scorer='bad_c:score' breaks its contract: score(reply, sample) must return a bool, got str"),
 ]
@@ -168,10 +168,10 @@ def test_the_help_examples_pass_their_checks(tmp_path):
     from policies import check_policy
     from rewriter.engine import check_engine
     from rewriter.strategies import check_strategy
-    from router.plugins_help import PLUGINS
-    from tasks import check_task
-    from tasks.config import TaskConfig
-    from tasks.scoring import check_scorer
+    from nslora.commands.plugins_help import PLUGINS
+    from nslora.tasks import check_task
+    from nslora.tasks.config import TaskConfig
+    from nslora.tasks.scoring import check_scorer
 
     found = {}
     for key, _, _, example in PLUGINS:
@@ -193,8 +193,8 @@ def test_every_built_in_strategy_and_task_passes_its_own_conformance_check(tmp_p
     import csv
 
     from rewriter.strategies import STRATEGIES, check_strategy
-    from tasks import TASKS, check_task
-    from tasks.config import TaskConfig
+    from nslora.tasks import TASKS, check_task
+    from nslora.tasks.config import TaskConfig
 
     for name, cls in STRATEGIES.items():
         check_strategy(cls())

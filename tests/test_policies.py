@@ -5,7 +5,7 @@ import textwrap
 
 import pytest
 
-from core.errors import UserError
+from nslora.core.errors import UserError
 from policies import REGISTRY, build, check_policy, resolve
 from policies.base import Decision, Policy, SampleView, example_views
 

@@ -9,9 +9,9 @@ import textwrap
 import pytest
 import torch
 
-from router.cli import main
-from router.experiment import ExperimentConfig, _arm_sets
-from router.policy_bench import BENCH_DEFAULT, policy_arm
+from nslora.commands.cli import main
+from nslora.commands.experiment import ExperimentConfig, _arm_sets
+from nslora.commands.policy_bench import BENCH_DEFAULT, policy_arm
 from test_e2e import tiny_dir  # noqa: F401  (fixture)
 
 torch.set_num_threads(1)

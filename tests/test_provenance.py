@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from core import provenance
+from nslora.core import provenance
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -24,33 +24,46 @@ def _git(root, *args):
 
 
 def test_a_stamp_names_the_commit_whether_the_tree_was_clean_and_hashes_config_and_sources(tmp_path):
-    (tmp_path / "tasks").mkdir()
-    (tmp_path / "tasks" / "scoring.py").write_text("def score(): return 1\n")
+    (tmp_path / "nslora" / "tasks").mkdir(parents=True)
+    (tmp_path / "nslora" / "tasks" / "scoring.py").write_text("def score(): return 1\n")
     _git(tmp_path, "init", "-q")
     _git(tmp_path, "add", ".")
     _git(tmp_path, "-c", "user.email=a@b", "-c", "user.name=a", "commit", "-qm", "one")
-    sources = ("tasks/scoring.py", "report/stats.py")
+    sources = ("nslora/tasks/scoring.py", "nslora/report/stats.py")
     st = provenance.stamp({"b": 1, "a": [2]}, root=tmp_path, sources=sources)
     assert len(st["commit"]) == 40 and st["dirty"] is False and st["date"].endswith("+00:00")
-    assert st["sources"]["report/stats.py"] == "missing" and len(st["sources"]["tasks/scoring.py"]) == 16
+    assert st["sources"]["nslora/report/stats.py"] == "missing" and len(st["sources"]["nslora/tasks/scoring.py"]) == 16
     assert st["config_hash"] == provenance.config_hash({"a": [2], "b": 1}) != provenance.config_hash({"a": [3], "b": 1})
-    (tmp_path / "tasks" / "scoring.py").write_text("def score(): return 0\n")
+    (tmp_path / "nslora" / "tasks" / "scoring.py").write_text("def score(): return 0\n")
     again = provenance.stamp(None, root=tmp_path, sources=sources)
     assert again["dirty"] is True and again["commit"] == st["commit"] and again["config_hash"] is None
-    assert again["sources"]["tasks/scoring.py"] != st["sources"]["tasks/scoring.py"]
-    assert "tasks/scoring.py changed since commit" in provenance.stale({"stamp": st}, root=tmp_path)
+    assert again["sources"]["nslora/tasks/scoring.py"] != st["sources"]["nslora/tasks/scoring.py"]
+    assert "nslora/tasks/scoring.py changed since commit" in provenance.stale({"stamp": st}, root=tmp_path)
     assert provenance.stale({"stamp": again}, root=tmp_path) is None
     assert "reused runs" in provenance.stale({"stamp": again, "runs_code_matches": False}, root=tmp_path)
     assert "no stamp" in provenance.stale({"arms": []}, root=tmp_path)
-    outside = provenance.stamp(None, root=tmp_path / "tasks", sources=())  # not the top of a checkout: still git
+    outside = provenance.stamp(None, root=tmp_path / "nslora", sources=())  # not the top of a checkout: still git
     assert outside["commit"] == st["commit"]
+
+
+def test_a_stamp_made_before_a_module_moved_into_the_namespace_stays_fresh_until_its_code_changes(tmp_path):
+    old = "import re\nfrom core import plugins\nfrom tasks.base import Task\n\n\ndef score(): return 1\n"
+    st = {"commit": "c" * 40, "sources": {"tasks/scoring.py": provenance.code_hash(old)}}
+    moved = tmp_path / "nslora" / "tasks" / "scoring.py"
+    moved.parent.mkdir(parents=True)
+    moved.write_text(old.replace("from core", "from nslora.core").replace("from tasks", "from nslora.tasks"))
+    assert provenance.stale({"stamp": st}, root=tmp_path) is None
+    assert provenance.runs_match([st], {"sources": {"nslora/tasks/scoring.py": st["sources"]["tasks/scoring.py"]}})
+    moved.write_text(moved.read_text().replace("return 1", "return 2"))
+    assert "tasks/scoring.py changed" in provenance.stale({"stamp": st}, root=tmp_path)
+    assert provenance.code_hash('x = "nslora.core"\n') != provenance.code_hash('x = "core"\n')  # imports alone
 
 
 def test_reused_runs_match_a_table_unless_a_file_their_numbers_went_through_changed():
     table = {"sources": {k: "a" for k in provenance.SOURCES}}
     same = {"sources": dict(table["sources"])}
-    stats_only = {"sources": {**table["sources"], "report/stats.py": "b"}}  # acts on the table, not on a run
-    scorer = {"sources": {**table["sources"], "tasks/scoring.py": "b"}}
+    stats_only = {"sources": {**table["sources"], "nslora/report/stats.py": "b"}}  # acts on the table, not on a run
+    scorer = {"sources": {**table["sources"], "nslora/tasks/scoring.py": "b"}}
     assert provenance.runs_match([same, stats_only], table)
     assert not provenance.runs_match([same, scorer], table) and not provenance.runs_match([same, None], table)
     assert "machine" in provenance.stamp() and "cores" in provenance.machine()

@@ -10,7 +10,7 @@ from collections import Counter
 from fake_openai import FakeOpenAI, smart_reply
 from rewriter.strategies import RewriteContext
 from rewriter.strategies.direct import DirectStrategy
-from router.cli import main
+from nslora.commands.cli import main
 from test_e2e import KEY, rows, tiny_dir, write_config  # noqa: F401  (fixture)
 
 

@@ -14,9 +14,9 @@ import pytest
 import torch
 
 from fake_openai import PREFIX, FakeOpenAI
-from report import data as D
-from report.cli import main as report_main
-from router.cli import main
+from nslora.report import data as D
+from nslora.report.cli import main as report_main
+from nslora.commands.cli import main
 from test_e2e import KEY, rows, tiny_dir, write_config  # noqa: F401  (tiny_dir is a fixture)
 
 torch.set_num_threads(1)
@@ -167,7 +167,7 @@ def test_sample_trajectory_section(report, runs):
 def test_large_runs_cap_decision_rows_and_strip_points(runs, monkeypatch):
     import matplotlib
 
-    from report import html, plots
+    from nslora.report import html, plots
 
     run = D.load_run(runs[0])
     total = len(run.decisions)
@@ -188,7 +188,7 @@ def test_large_runs_cap_decision_rows_and_strip_points(runs, monkeypatch):
 def test_terminal_summary_numbers(runs, capsys):
     from rich.console import Console
 
-    from report import terminal
+    from nslora.report import terminal
 
     run = D.load_run(runs[0])
     buf = io.StringIO()
@@ -236,7 +236,7 @@ def test_thresholds_are_read_from_signal_policy_reasons(runs):
 def test_compare_two_runs(runs, tmp_path):
     from rich.console import Console
 
-    from report.cli import run_command
+    from nslora.report.cli import run_command
 
     out = tmp_path / "cmp.html"
     buf = io.StringIO()
@@ -265,7 +265,7 @@ def test_tensorboard_logger_writes_readable_events(tmp_path, runs):
     pytest.importorskip("tensorboard")
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    from report.tensorboard import TensorBoardLogger, scalars_from_store
+    from nslora.report.tensorboard import TensorBoardLogger, scalars_from_store
 
     tb = TensorBoardLogger(tmp_path)
     tb.log_epoch(1, {"train/loss": 1.5, "heldout/accuracy": 0.25, "routes": {"signal": {"symbolic": 3}}, "skip": None})
@@ -297,7 +297,7 @@ def test_tensorboard_logger_writes_readable_events(tmp_path, runs):
 def test_tensorboard_missing_names_the_install(monkeypatch, tmp_path):
     import sys
 
-    from report.tensorboard import TensorBoardLogger
+    from nslora.report.tensorboard import TensorBoardLogger
 
     monkeypatch.setitem(sys.modules, "tensorboard", None)
     with pytest.raises(ImportError, match="pip install tensorboard"):
@@ -396,7 +396,7 @@ def test_policy_report_shows_calibration_histogram_and_reliability(tmp_path):
     from transformers import BertConfig, BertForSequenceClassification
 
     from policies.reward import RewardPolicyConfig, train_reward_policy
-    from report.policy import reliability, write_policy_report
+    from nslora.report.policy import reliability, write_policy_report
 
     tok = make_tokenizer()
     cfg = BertConfig(vocab_size=len(tok), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,

@@ -17,7 +17,7 @@ from policies.base import SampleView
 from policies.reward import RewardPolicy, RewardPolicyConfig, build_pairs, train_reward_policy
 from policies.reward import calibration as C
 from policies.reward.pairs import sample_text
-from core.errors import UserError
+from nslora.core.errors import UserError
 from router.store import Store
 
 torch.set_num_threads(1)

@@ -6,7 +6,7 @@ import json
 import pytest
 
 from fake_openai import FakeOpenAI
-from router.cli import main
+from nslora.commands.cli import main
 from test_e2e import KEY, rows, tiny_dir, write_config  # noqa: F401  (fixtures)
 from test_reward import tiny_backbone, trained  # noqa: F401  (fixtures)
 

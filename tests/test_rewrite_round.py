@@ -4,7 +4,7 @@ cost accounting, and the API key kept out of every file."""
 import json
 
 from fake_openai import FakeOpenAI
-from router.cli import main
+from nslora.commands.cli import main
 from test_e2e import KEY, rows, tiny_dir, write_config  # noqa: F401  (fixture)
 
 

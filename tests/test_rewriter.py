@@ -11,8 +11,8 @@ from rewriter.engines import LocalEngine, OpenAIEngine, as_textgrad, build_engin
 from rewriter.strategies import STRATEGIES, RewriteContext, optimize_system_prompt
 from rewriter.strategies.direct import clean
 from router.config import RewriterConfig
-from core.errors import UserError
-from tasks.base import Sample
+from nslora.core.errors import UserError
+from nslora.tasks.base import Sample
 
 KEY_ENV = "NSLORA_TEST_REWRITER_KEY"
 KEY = "sk-test-DO-NOT-LEAK-1234567890"
@@ -290,7 +290,7 @@ def test_tiny_saves_and_reloads(tmp_path):
 def test_rejected_rewrite_keeps_the_candidate_for_inspection(fake_openai):
     from rewriter.engines import OpenAIEngine
     from rewriter.strategies import STRATEGIES, RewriteContext
-    from tasks.base import Sample
+    from nslora.tasks.base import Sample
 
     fake_openai.reply = lambda messages: "Where is Sandra?"
     engine = OpenAIEngine(base_url=fake_openai.base_url, model="fake", max_retries=0)

@@ -23,7 +23,7 @@ from rewriter.engines import OpenAIEngine, reset_breakers
 from rewriter.guard import GuardConfig
 from rewriter.pool import rewrite_many
 from rewriter.strategies import RewriteContext
-from tasks.base import Sample
+from nslora.tasks.base import Sample
 
 KEY = "sk-batch-test-SECRET-0123456789"
 FAST_GUARD = GuardConfig(similarity=False)  # the symbolic checks only: no embedding model to load

@@ -9,7 +9,7 @@ from fake_openai import PREFIX
 from rewriter.cache import CachedEngine, request_key
 from rewriter.engines import EngineError, OpenAIEngine, reset_breakers
 from rewriter.strategies import STRATEGIES, RewriteContext
-from tasks.base import Sample
+from nslora.tasks.base import Sample
 
 KEY_ENV = "NSLORA_TEST_CACHE_KEY"
 KEY = "sk-test-CACHE-DO-NOT-LEAK-1122334455"

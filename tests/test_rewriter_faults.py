@@ -10,7 +10,7 @@ from rewriter.cache import CachedEngine
 from rewriter.engines import CircuitBreaker, EngineError, OpenAIEngine, reset_breakers
 from rewriter.pool import rewrite_many
 from rewriter.strategies import STRATEGIES, RewriteContext
-from tasks.base import Sample
+from nslora.tasks.base import Sample
 
 KEY_ENV = "NSLORA_TEST_FAULT_KEY"
 KEY = "sk-test-FAULTS-DO-NOT-LEAK-0987654321"

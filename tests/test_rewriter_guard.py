@@ -10,7 +10,7 @@ from rewriter import guard  # noqa: E402
 from rewriter.guard import GuardConfig  # noqa: E402
 from rewriter.strategies import STRATEGIES, RewriteContext  # noqa: E402
 from rewriter.strategies import rules  # noqa: E402
-from tasks.base import Sample  # noqa: E402
+from nslora.tasks.base import Sample  # noqa: E402
 
 BABI = ("Mary moved to the bathroom.\nJohn went to the hallway.\nDaniel went back to the hallway.\n"
         "Sandra moved to the garden.\nJohn moved to the office.\nSandra journeyed to the bathroom.\nWhere is Mary?")
@@ -192,7 +192,7 @@ def test_rules_gsm8k():
 
 
 def test_rules_clinifact():
-    from tasks.clinifact import INSTRUCTION
+    from nslora.tasks.clinifact import INSTRUCTION
 
     q = ("Claim: Drug X lowers A1c in adults with type 2 diabetes.\n\nAbstract: BACKGROUND: In the KEYNOTE-604 trial "
          "(NCT04010227), 120 adults took Drug X. RESULTS: A1c fell by 0.4%.\n\n" + INSTRUCTION)
@@ -204,7 +204,7 @@ def test_rules_clinifact():
 
 
 def test_rules_accepts_real_tasks():
-    from tasks.babi import parse_babi
+    from nslora.tasks.babi import parse_babi
 
     path = "/work/shared/data/babi/qa2_two-supporting-facts_train.txt"
     if not __import__("os").path.exists(path):

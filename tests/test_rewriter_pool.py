@@ -10,7 +10,7 @@ from rewriter.cache import CachedEngine
 from rewriter.engines import OpenAIEngine, reset_breakers
 from rewriter.pool import rewrite_many, summarize
 from rewriter.strategies import RewriteContext
-from tasks.base import Sample
+from nslora.tasks.base import Sample
 
 
 @pytest.fixture(autouse=True)
@@ -58,7 +58,7 @@ def test_concurrency_overlaps_the_waits(fake_openai):
 
 
 def test_a_broken_strategy_stops_the_round_rather_than_fail_every_sample(fake_openai):
-    from core.errors import UserError
+    from nslora.core.errors import UserError
     from rewriter.strategies import DirectStrategy
     from rewriter.strategies.base import RoundStopped
 

@@ -5,11 +5,11 @@ import json
 
 import pytest
 
-from core.errors import UserError
-from router.cli import main
-from tasks import load_task
-from tasks.config import TaskConfig
-from tasks.sft import find_label
+from nslora.core.errors import UserError
+from nslora.commands.cli import main
+from nslora.tasks import load_task
+from nslora.tasks.config import TaskConfig
+from nslora.tasks.sft import find_label
 from test_e2e import rows, tiny_dir, write_config  # noqa: F401  (fixture)
 
 
@@ -91,8 +91,8 @@ def test_bad_paths_and_formats_are_refused(tmp_path):
 
 
 def test_scoring_by_number_and_label():
-    from tasks.base import Sample
-    from tasks.sft import SftTask
+    from nslora.tasks.base import Sample
+    from nslora.tasks.sft import SftTask
 
     s = lambda a: Sample(id="x", system="", question="q", answer=a, target=a)
     num = SftTask(answer="number")
@@ -171,7 +171,7 @@ def test_eval_refuses_or_truncates_long_samples(tiny_dir, tmp_path, capsys):
 
 
 def babi_rows(n, seed, conversational):
-    from tasks.babi import generate_babi, parse_babi
+    from nslora.tasks.babi import generate_babi, parse_babi
 
     samples = parse_babi(generate_babi(1, 40, seed), 1)[:n]
     if conversational:

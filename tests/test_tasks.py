@@ -14,12 +14,12 @@ from pathlib import Path
 import pytest
 
 from router.config import TaskConfig
-from core.errors import UserError
-from tasks import TASKS, load_task
-from tasks.babi import BabiTask, generate_babi, parse_babi
-from tasks.base import Sample
-from tasks.clinifact import ClinifactTask
-from tasks.gsm8k import Gsm8kTask
+from nslora.core.errors import UserError
+from nslora.tasks import TASKS, load_task
+from nslora.tasks.babi import BabiTask, generate_babi, parse_babi
+from nslora.tasks.base import Sample
+from nslora.tasks.clinifact import ClinifactTask
+from nslora.tasks.gsm8k import Gsm8kTask
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared" / "data"
@@ -433,8 +433,8 @@ def test_strict_and_flexible_scoring(task, reply, gold, strict, flexible):
 
 
 def test_registry_names_every_task():
-    from tasks.controlled import ControlledTask
-    from tasks.sft import SftTask
+    from nslora.tasks.controlled import ControlledTask
+    from nslora.tasks.sft import SftTask
 
     assert TASKS == {"babi": BabiTask, "gsm8k": Gsm8kTask, "clinifact": ClinifactTask, "controlled": ControlledTask, "sft": SftTask}
 
@@ -557,5 +557,5 @@ def test_loads_shared_data(name, relpath):
 
 
 def test_tasks_package_does_not_import_torch():
-    code = "import sys, tasks; assert 'torch' not in sys.modules, 'torch imported'"
+    code = "import sys, nslora.tasks; assert 'torch' not in sys.modules, 'torch imported'"
     subprocess.run([sys.executable, "-c", code], cwd=REPO, check=True)

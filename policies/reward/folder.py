@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from core.errors import UserError
+from nslora.core.errors import UserError
 
 FORMAT_VERSION = 1
 FORMAT = "ns-lora-reward-policy"
@@ -18,7 +18,7 @@ FIX = "retrain it with `nslora policy train RUN_DIR... --out DIR` (or copy the w
 
 
 def write_json(path: Path, data: dict) -> None:
-    from core import atomic
+    from nslora.core import atomic
 
     atomic.write_json(path, data, sort_keys=True)
 

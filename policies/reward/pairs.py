@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 import numpy as np
 
-from core.errors import UserError
+from nslora.core.errors import UserError
 
 Criterion = str  # c1, c2, rewrite, or a recorded signal's name (policies.quality), optionally with a leading '-'
 CRITERIA = ("c1", "c2", "rewrite")

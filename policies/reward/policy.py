@@ -34,7 +34,7 @@ class RewardPolicy(Policy):
 
     def preflight(self) -> None:
         """Before a run starts: the folder exists and is a saved policy (one line otherwise)."""
-        from core.errors import UserError
+        from nslora.core.errors import UserError
         from policies.reward.folder import load_folder
 
         if not self.path:

@@ -14,9 +14,9 @@ from typing import Literal
 
 import numpy as np
 
-from policies.reward import calibration as C
+import policies.reward.calibration as C
 from policies.reward.folder import FORMAT, FORMAT_VERSION, write_json
-from core.errors import UserError
+from nslora.core.errors import UserError
 
 
 def _default_backbone() -> str:
@@ -150,7 +150,7 @@ def _fit(model, tokenizer, train_ds, cfg: RewardPolicyConfig):
 
 def _save(out: Path, model, tokenizer, cal: dict, threshold: float, cfg: RewardPolicyConfig, pairs, metrics: dict) -> None:
     """The policy folder: model/, calibration.json, policy.json (settings, provenance, held-out metrics)."""
-    from core.atomic import folder_atomic
+    from nslora.core.atomic import folder_atomic
 
     with folder_atomic(out) as tmp:  # a policy folder is whole or absent, and an old one is replaced, not mixed in
         _write_folder(tmp, model, tokenizer, cal, threshold, cfg, pairs, metrics)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from core import plugins
+from nslora.core import plugins
 from rewriter.strategies.base import RewriteContext, RewriteResult, Strategy, check_strategy
 from rewriter.strategies.direct import DirectStrategy
 from rewriter.strategies.rules import RulesStrategy

@@ -212,7 +212,7 @@ def check_strategy(strategy, sample=None, system: bool = True) -> None:
         f"{kind}: a one-call strategy defines both request(ctx) and parse(reply), or neither"
     question = "Mary moved to the bathroom. John went to the hallway. Where is Mary?"
     if sample is None:
-        from tasks.base import Sample
+        from nslora.tasks.base import Sample
 
         sample = Sample("check-0", "Answer with one word.", question, "bathroom", "bathroom")
     engine = _EchoEngine() if strategy.calls_model else None

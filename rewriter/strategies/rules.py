@@ -6,7 +6,7 @@ construction (every sentence is kept verbatim; only structure and an answer-form
               Question: Where is Mary? Answer with one word: the place.
     GSM8K     one sentence a line, then "Give the final answer as a number."
     CliniFact the claim, the abstract and the task under labelled sections
-    controlled the canonical bAbI presentation restored from the text (tasks/controlled.py: markup, case and
+    controlled the canonical bAbI presentation restored from the text (nslora/tasks/controlled.py: markup, case and
               typos fixed, time-marked sentences reordered, distractors dropped, the question asked plainly)
     other     one sentence a line
 
@@ -21,7 +21,7 @@ from __future__ import annotations
 import re
 
 from rewriter.strategies.base import Meter, RewriteContext, RewriteResult, Strategy, judge
-from tasks.controlled import canonical
+from nslora.tasks.controlled import canonical
 
 BABI_HINT = "Answer with one word: the place."
 GSM8K_HINT = "Give the final answer as a number."

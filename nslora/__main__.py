@@ -1,0 +1,5 @@
+"""`python -m nslora`: the same as the `nslora` command."""
+
+from nslora.commands.cli import entry
+
+entry()
