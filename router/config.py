@@ -152,7 +152,7 @@ def load(path: str | None, overrides: list[str] | None = None) -> Config:
     raw: dict[str, Any] = {k: dict(v) for k, v in EMBEDDED_DEFAULT.items()} if path is None else {}
     source = "embedded default"
     if path is not None:
-        raw = read_yaml(path, "configs/babi.yaml, or a shipped config by name: babi")
+        raw = read_yaml(path, "configs/babi.yaml")
         source = str(path)
     return from_dict(apply_overrides(raw, overrides or []), source)
 
@@ -173,10 +173,17 @@ def config_file(path: str) -> Path:
     return next((c for c in (shipped / path, shipped / f"{path}.yaml") if c.is_file()), given)
 
 
+def shipped_names() -> list[str]:
+    """The shipped configs by the names config_file takes: babi, ..., experiments/babi, ..."""
+    root = shipped_configs()
+    return sorted(str(p.relative_to(root).with_suffix("")) for p in root.rglob("*.yaml"))
+
+
 def read_yaml(path: str, example: str) -> Any:
     """A YAML config file's contents ({} when empty); a missing or malformed file is refused in one line."""
     p = config_file(path)
-    require(p.is_file(), f"config file {path} does not exist; give a YAML file, e.g. {example}")
+    require(p.is_file(), f"config file {path} does not exist; give a YAML file, e.g. {example}, or a shipped config: "
+                         f"{', '.join(shipped_names())}")
     try:
         return yaml.safe_load(p.read_text(encoding="utf-8")) or {}
     except (yaml.YAMLError, UnicodeDecodeError) as e:

@@ -75,3 +75,18 @@ def test_the_controlled_benchmark_is_the_policy_bench_at_more_held_out_items_and
     # What the faults cost is measured with LoRA alone: a family arm left to the default policy would be routed.
     for arm in cost.arms:
         assert cost.changes(arm).get("policy.name") == "lora-only", f"fault-cost arm {arm} routes samples"
+
+
+def test_a_shipped_config_is_found_by_its_name_from_any_folder(tmp_path, monkeypatch):
+    from nslora.core.errors import UserError
+    from router.config import config_file, load, shipped_configs, shipped_names
+
+    monkeypatch.chdir(tmp_path)  # outside the checkout: only the shipped configs can answer
+    assert config_file("babi") == shipped_configs() / "babi.yaml"
+    assert config_file("experiments/controlled.yaml") == shipped_configs() / "experiments" / "controlled.yaml"
+    assert load("gsm8k").task.name == "gsm8k"
+    assert {"babi", "experiments/controlled", "experiments/fault-cost"} <= set(shipped_names())
+    (tmp_path / "babi").write_text("task: {name: clinifact}\n")  # a file of the user's own wins over a shipped name
+    assert config_file("babi") == Path("babi") and load("babi").task.name == "clinifact"
+    with pytest.raises(UserError, match=r"config file bavi does not exist; .* shipped config: .*babi"):
+        load("bavi")

@@ -80,7 +80,7 @@ def _add_run(sub) -> None:
     run = sub.add_parser("run", help="run routed fine-tuning (no CONFIG: the embedded default, bAbI task 1 on SmolLM2-135M)",
                          description="Run routed fine-tuning and write a run folder (config.yaml, run.sqlite, adapter/, augmented/, metrics.json).",
                          epilog=render() + "\n" + _config_help(), formatter_class=argparse.RawDescriptionHelpFormatter)
-    run.add_argument("config", nargs="?", help="YAML config (see configs/); omitted: the embedded default")
+    run.add_argument("config", nargs="?", help="YAML config file, or a shipped config by name (babi, gsm8k, clinifact, babi-openai); omitted: the embedded default")
     run.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
                      help="override one config value, e.g. --set train.epochs=3 (repeatable)")
     run.add_argument("--print-config", action="store_true", help="print the resolved config as YAML and exit")
@@ -94,7 +94,7 @@ def _add_experiment(sub) -> None:
                                     "the same command skips finished runs and resumes stopped ones.",
                         epilog="experiment keys (the YAML's experiment: section, or --set experiment.key=value):\n" + _experiment_help(),
                         formatter_class=argparse.RawDescriptionHelpFormatter)
-    ex.add_argument("configs", nargs="+", metavar="CONFIG", help="YAML run config with an experiment: section (see configs/experiments/)")
+    ex.add_argument("configs", nargs="+", metavar="CONFIG", help="YAML run config with an experiment: section, or a shipped one by name (experiments/babi, experiments/controlled, ...)")
     ex.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
                     help="override a value of every run (or experiment.key), e.g. --set experiment.seeds=[0,1]")
     ex.add_argument("--jobs", type=int, default=1, help="runs side by side (each gets cores / jobs threads)")
