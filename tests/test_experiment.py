@@ -211,6 +211,36 @@ def test_same_seeds_give_the_same_table_and_a_rerun_runs_nothing(experiment, tin
             assert r["delta"]["mean"] == old[r["arm"]]["delta"]["mean"]
 
 
+def test_a_packed_experiment_continues_on_another_machine_with_the_same_table(experiment, tmp_path, capsys):
+    """--pack keeps of each finished run what the table reads (no replies, signals or adapter); copied elsewhere,
+    the same command skips the packed runs, runs only what is missing, and tabulates what the whole folders gave."""
+    import shutil
+
+    _, cfg, root = experiment
+    before = json.loads((root / "results.json").read_text())
+    moved = tmp_path / "elsewhere"
+    assert main(["experiment", str(cfg), "--pack", str(moved)]) == 0
+    packed = moved / root.name
+    assert sorted(p.name for p in (packed / "random" / "seed-1").iterdir()) == ["config.yaml", "metrics.json", "packed.json"]
+    assert (packed / "reward-policy" / "policy.json").is_file() and (packed / "config.yaml").is_file()
+    assert sum(f.stat().st_size for f in packed.rglob("packed.json")) < 20_000 * len(ARMS) * len(SEEDS)
+    shutil.rmtree(packed / "random" / "seed-1")  # this run did not finish on the first machine
+    capsys.readouterr()
+    assert main(["experiment", str(cfg), "--out", str(moved)]) == 0
+    out = capsys.readouterr().out
+    assert out.count("finished earlier") == len(ARMS) * len(SEEDS) - 1 and "random seed 1: held-out" in out
+    after = json.loads((packed / "results.json").read_text())
+
+    def numbers(table):
+        return [{k: v for k, v in r.items() if k not in ("wall_seconds", "delta", "recovered")} for r in table["arms"]]
+
+    assert numbers(after) == numbers(before)
+    assert [r.get("delta", {}).get("mean") for r in after["arms"]] == [r.get("delta", {}).get("mean") for r in before["arms"]]
+    assert after["runs_code_matches"] is True
+    capsys.readouterr()  # packing twice into the same place would mix two experiments' facts
+    assert main(["experiment", str(cfg), "--pack", str(moved)]) == 2 and "exists" in capsys.readouterr().err
+
+
 def test_a_failing_arm_is_reported_and_the_others_finish(tiny_dir, tiny_backbone, tmp_path, capsys):
     cfg = write_experiment(tmp_path, tiny_dir, tiny_backbone, arms=["lora-only", "broken"], seeds=[0],
                            extra_arms={"broken": {"policy.name": "no_such_pkg.rules:Mine"}})

@@ -99,6 +99,10 @@ def _add_experiment(sub) -> None:
                     help="override a value of every run (or experiment.key), e.g. --set experiment.seeds=[0,1]")
     ex.add_argument("--jobs", type=int, default=1, help="runs side by side (each gets cores / jobs threads)")
     ex.add_argument("--out", default=None, help="folder for the experiments (default: experiment.out_dir)")
+    ex.add_argument("--pack", default=None, metavar="DIR",
+                    help="run nothing: copy what the table reads of each finished run (a few KB: no replies, signals or adapter), "
+                         "the configs and the reward policy to DIR/<name>; copied into another machine's --out, the same "
+                         "command runs only the rest")
 
 
 def _add_train(sub) -> None:
@@ -241,7 +245,7 @@ def _experiment_command(args) -> int:
     _quiet_libraries()
     if args.jobs < 1:
         raise UserError(f"--jobs={args.jobs} must be >= 1")
-    run_experiments(args.configs, args.overrides, jobs=args.jobs, out=args.out)
+    run_experiments(args.configs, args.overrides, jobs=args.jobs, out=args.out, pack=args.pack)
     return 0
 
 

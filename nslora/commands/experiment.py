@@ -221,10 +221,11 @@ class Experiment:
             f.result()
         if (self.policy_dir / "policy.json").is_file():
             return True
-        runs = [j.run_dir for j in self.jobs_list if j.arm == "lora-only" and (j.run_dir / "metrics.json").is_file()]
+        runs = [j.run_dir for j in self.jobs_list if j.arm == "lora-only" and (j.run_dir / "run.sqlite").is_file()
+                and (j.run_dir / "metrics.json").is_file()]
         log = self.root / "logs" / "reward-policy.log"
         if not runs:
-            self.echo("reward policy: no finished lora-only run to learn from")
+            self.echo("reward policy: no finished lora-only run with its store to learn from (a packed run keeps no signals)")
             return False
         cmd = [sys.executable, "-m", "nslora.commands.cli", "policy", "train", *map(str, runs), "--out", str(self.policy_dir)]
         for key, value in self.exp.reward.items():
@@ -248,6 +249,34 @@ class Experiment:
                           + (f" ({note})" if note else f" ({job.seconds:.0f} s)"))
             else:
                 self.echo(f"{head}: {job.status}: {job.error}")
+
+    def pack(self, dest: Path) -> int:
+        """Copy what the table needs into dest/<name>: the configs, the reward policy, and of each finished run its
+        config, metrics.json and the scored held-out items (no replies, signals or adapter: a few KB). Copied into
+        another machine's out_dir, the same command there skips the packed runs and runs the rest, so an
+        experiment larger than one machine's session can be split."""
+        import shutil
+
+        from nslora.report.data import PACKED, load_run, pack_tables
+
+        out = dest / self.exp.name
+        require(not out.exists(), f"--pack: {out} exists; choose another folder")
+        done = 0
+        for job in self.jobs_list:
+            if not (job.run_dir / "metrics.json").is_file():
+                continue
+            to = out / job.arm / f"seed-{job.seed}"
+            for name in ("config.yaml", "metrics.json"):
+                write_text(to / name, (job.run_dir / name).read_text(encoding="utf-8"))
+            write_text(to / PACKED, json.dumps(pack_tables(load_run(job.run_dir))))
+            done += 1
+        for name in ("config.yaml", "experiment.yaml", "results.json", "results.md"):
+            if (self.root / name).is_file():
+                write_text(out / name, (self.root / name).read_text(encoding="utf-8"))
+        if self.policy_dir.is_dir():
+            shutil.copytree(self.policy_dir, out / self.policy_dir.name)
+        self.echo(f"packed {done} of {len(self.jobs_list)} finished runs of {self.exp.name} into {out}")
+        return done
 
     # ------------------------------------------------------------------------------------------------ results
 
@@ -288,8 +317,10 @@ class Experiment:
         return out
 
 
-def run_experiments(paths: list[str], overrides: list[str], jobs: int, out: str | None = None, echo=print) -> list[dict[str, Any]]:
-    """Every config's experiment in turn; with several configs also a combined table (<out>/results.md)."""
+def run_experiments(paths: list[str], overrides: list[str], jobs: int, out: str | None = None, echo=print,
+                    pack: str | None = None) -> list[dict[str, Any]]:
+    """Every config's experiment in turn; with several configs also a combined table (<out>/results.md). With
+    `pack`, nothing runs: each experiment's finished runs are packed into that folder (Experiment.pack)."""
     loaded = []
     for path in paths:  # all configs are checked before anything runs
         exp, base = load_experiment(path, overrides)
@@ -298,6 +329,10 @@ def run_experiments(paths: list[str], overrides: list[str], jobs: int, out: str 
         loaded.append((exp, base))
     names = [e.name for e, _ in loaded]
     require(len(set(names)) == len(names), f"two configs share the experiment name(s) {sorted({n for n in names if names.count(n) > 1})}; set experiment.name in each")
+    if pack is not None:
+        for exp, base in loaded:
+            Experiment(exp, base, echo=echo).pack(Path(pack))
+        return []
     tables = [Experiment(exp, base, jobs=jobs, echo=echo).run() for exp, base in loaded]
     failed = [f"{t['name']} {r['arm']} seed {s}" for t in tables for r in t["arms"] for s in r["missing_seeds"]]
     if len(tables) > 1:

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from nslora.report.store_read import LOCK_WAIT, ReportError, read_tables  # noqa: F401  (ReportError: re-exported)
+from nslora.report.store_read import LOCK_WAIT, TABLES, ReportError, read_tables  # noqa: F401  (ReportError: re-exported)
 
 VERDICTS = ("accepted", "rejected", "error", "skipped")
 
@@ -66,7 +66,8 @@ def load_run(path: str | Path, wait: float | None = None) -> Run:
     is waited for (`wait` seconds, default LOCK_WAIT), then refused in one line, as is any other SQLite error."""
     path = Path(path)
     db_path = path / "run.sqlite"
-    if not db_path.is_file():
+    packed = not db_path.is_file() and (path / PACKED).is_file()
+    if not db_path.is_file() and not packed:
         raise ReportError(f"{path} is not a run folder (no run.sqlite); pass the folder `nslora run` printed")
     config: dict[str, Any] = {}
     if (path / "config.yaml").is_file():
@@ -79,7 +80,7 @@ def load_run(path: str | Path, wait: float | None = None) -> Run:
             metrics = json.loads((path / "metrics.json").read_text(encoding="utf-8"))
         except json.JSONDecodeError:
             metrics = None
-    tables = read_tables(db_path, LOCK_WAIT if wait is None else wait)
+    tables = _packed_tables(path) if packed else read_tables(db_path, LOCK_WAIT if wait is None else wait)
     meta = {}
     for r in tables.pop("meta"):
         try:
@@ -94,6 +95,23 @@ def load_run(path: str | Path, wait: float | None = None) -> Run:
         except (TypeError, json.JSONDecodeError):
             r["scores"] = {}
     return run
+
+
+PACKED = "packed.json"  # a packed run's store: the tables an experiment's table reads (nslora/commands/experiment.py)
+
+
+def _packed_tables(path: Path) -> dict[str, list[dict[str, Any]]]:
+    kept = json.loads((path / PACKED).read_text(encoding="utf-8"))
+    return {name: kept.get(name, []) for name in TABLES}
+
+
+def pack_tables(run: Run) -> dict[str, list[dict[str, Any]]]:
+    """What a packed run keeps of its store: its meta and the held-out replies' scores at the last evaluation
+    (reply texts and every other table stay behind), a few KB instead of the store and adapter."""
+    last = max((e["epoch"] for e in run.evals), default=0)
+    keep = ("epoch", "sample_id", "correct")
+    return {"meta": [{"key": k, "value": json.dumps(v)} for k, v in run.meta.items()],
+            "evals": [{k: e[k] for k in keep} for e in run.evals if e["epoch"] == last]}
 
 
 # ----------------------------------------------------------------------------------------------- per epoch
