@@ -39,9 +39,11 @@ class RandomPolicy(Policy):
 
     name = "random"
 
-    def __init__(self, p: float = 0.1, seed: int = 0):
+    def __init__(self, p: float = 0.1, seed: int = 0, needs_saturation: bool = True):
         self.p = p
         self.seed = seed
+        # False: route from the first epoch (the reference for a policy that does, e.g. reward-early).
+        self.needs_saturation = needs_saturation
 
     def _key(self, view):
         return hashlib.sha256(f"{self.seed}|{view.epoch}|{view.id}".encode()).hexdigest()
@@ -68,8 +70,10 @@ class OraclePolicy(Policy):
     name = "oracle"
     needs_ground_truth = True
 
-    def __init__(self, p: float = 0.1):
+    def __init__(self, p: float = 0.1, needs_saturation: bool = True):
         self.p = p
+        # False: route from the first epoch, so a faulty sample is rewritten before LoRA has fitted its fault.
+        self.needs_saturation = needs_saturation
 
     def calibrate(self, views):
         faulty = [v for v in views if v.extra.get("fault")]

@@ -219,6 +219,9 @@ class Embedder:
         self._tokenizer = None
         self._memo: OrderedDict[str, Any] = OrderedDict()  # text -> vector: an original is embedded once
         self._memo_size = memo
+        # Its own lock, not the model's: a caller that checked the memo behind a running forward reached the queue
+        # only after it, so under load every caller led a batch of one.
+        self._memo_lock = threading.Lock()
         self._queue_lock = threading.Lock()
         self._queue: list[dict[str, Any]] = []
         self._leading = False
@@ -273,7 +276,7 @@ class Embedder:
 
     def vectors(self, texts: list[str]):
         found: dict[str, Any] = {}
-        with self._lock:
+        with self._memo_lock:
             for t in texts:
                 if t in self._memo:
                     self._memo.move_to_end(t)
@@ -281,7 +284,7 @@ class Embedder:
         todo = [t for t in dict.fromkeys(texts) if t not in found]
         if todo:
             found.update(self._batched(todo))
-            with self._lock:
+            with self._memo_lock:
                 for t in todo:
                     self._memo[t] = found[t]
                 while len(self._memo) > self._memo_size:

@@ -221,6 +221,22 @@ def test_the_oracle_routes_exactly_the_faulty_candidates(tiny_dir, tmp_path, cap
     assert routing["knowledge"] == {"samples": 4, "ever_routed": 0.0}  # the oracle never rewrites a hard-but-clean one
 
 
+@pytest.mark.parametrize("policy", ["oracle", "random"])
+def test_an_early_arm_routes_from_the_first_epoch_and_a_gated_one_waits_for_saturation(tiny_dir, tmp_path, policy):
+    first = {}
+    for early in (False, True):
+        (tmp_path / str(early)).mkdir()
+        cfg = write_config(tmp_path / str(early), tiny_dir, None,
+                           task={"name": "controlled", "n_train": 16, "n_heldout": 6, "params": {"fault_share": 0.5}},
+                           policy={"name": policy, "params": {"needs_saturation": not early}}, saturation={"p": 1.0},
+                           rewriter={"strategy": "rules", "engine": "local", "guard_similarity": False})
+        assert main(["run", str(cfg)]) == 0
+        routed = rows(tmp_path / str(early) / "runs" / "r", "SELECT epoch FROM decisions WHERE route='symbolic'")
+        first[early] = min(r["epoch"] for r in routed)
+    assert first[True] < first[False]
+    assert first[False] >= 2  # saturation.min_epoch
+
+
 def test_ground_truth_never_reaches_a_policy_or_reward_pairs(tiny_dir, tmp_path, monkeypatch):
     (tmp_path / "spy_policy.py").write_text(SPY)
     monkeypatch.syspath_prepend(str(tmp_path))

@@ -47,6 +47,9 @@ ARMS: dict[str, dict[str, Any]] = {
     # planted faults (the ceiling), and routing that knows which candidates are faulty.
     "lora-clean": {"policy.name": "lora-only", "task.params.fault_share": 0.0},
     "oracle": {"policy.name": "oracle"},
+    # Routing from the first epoch, for the ground truth and for chance: what reward-early gains by its timing alone.
+    "oracle-early": {"policy.name": "oracle", "policy.params.needs_saturation": False},
+    "random-early": {"policy.name": "random", "policy.params.needs_saturation": False},
 }
 
 DEFAULT_ARMS = ("lora-only", "textgrad-only", "loss-ratio", "grad-norm", "reward", "loss-ratio+system", "random")
@@ -56,7 +59,7 @@ DEFAULT_ARMS = ("lora-only", "textgrad-only", "loss-ratio", "grad-norm", "reward
 class ExperimentConfig:
     name: str | None = field(default=None, metadata={"help": "Folder name under out_dir (default: the config file's name)."})
     out_dir: str = field(default="experiments", metadata={"help": "Folder that holds experiments."})
-    arms: list[str] = field(default_factory=lambda: list(DEFAULT_ARMS), metadata={"help": f"Arms to run: {', '.join(ARMS)}, or names from extra_arms (default: {', '.join(DEFAULT_ARMS)}; lora-clean, oracle and reward-early are for task.name=controlled)."})
+    arms: list[str] = field(default_factory=lambda: list(DEFAULT_ARMS), metadata={"help": f"Arms to run: {', '.join(ARMS)}, or names from extra_arms (default: {', '.join(DEFAULT_ARMS)}; lora-clean, oracle and oracle-early are for task.name=controlled)."})
     extra_arms: dict[str, dict[str, Any]] = field(default_factory=dict, metadata={"help": "Your own arms: name -> {section.key: value} changes to the base config."})
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2], metadata={"help": "train.seed of each repetition (LoRA init, batch order, random routing); the train / held-out split stays task.seed, so every arm and seed answers the same held-out items."})
     baseline: str = field(default="lora-only", metadata={"help": "Arm the paired differences are taken against."})
