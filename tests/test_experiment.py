@@ -305,6 +305,16 @@ def test_transfer_trains_the_second_model_on_the_rewritten_and_the_original_prom
             assert not rows(t / arm / f"seed-{s}", "SELECT * FROM rewrites")
     table = json.loads((t / "results.json").read_text())
     assert [r["arm"] for r in table["arms"]] == ["original", "augmented"] and table["baseline"] == "original"
+    # packed, the runs give the same table with nothing rerun (results/runs/transfer-babi was packed this way)
+    assert main(["train", "--data", str(source / "augmented"), "--model", str(tiny_dir), "--seeds", "0", "1",
+                 "--out", str(tmp_path / "transfer"), "--name", "t", "--pack", str(tmp_path / "packed")]) == 0
+    from nslora.report.stats import arm_table
+
+    packed = tmp_path / "packed" / "t"
+    assert not list(packed.rglob("run.sqlite"))
+    again = arm_table("t", ["original", "augmented"], [0, 1], {(a, s): packed / a / f"seed-{s}" for a in ("original", "augmented")
+                                                                for s in (0, 1)}, baseline="original")
+    assert [r["accuracy"] for r in again["arms"]] == [r["accuracy"] for r in table["arms"]]
 
 
 def rows_ids(run_dir):

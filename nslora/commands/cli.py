@@ -116,6 +116,8 @@ def _add_train(sub) -> None:
     tr_.add_argument("--out", default="experiments", help="folder for the transfer runs")
     tr_.add_argument("--name", default=None, help="experiment folder name (default: transfer-<run>-to-<model>)")
     tr_.add_argument("--jobs", type=int, default=1, help="runs side by side")
+    tr_.add_argument("--pack", default=None, metavar="DIR",
+                     help="run nothing: copy what the table reads of each finished run to DIR/<name>, as experiment --pack does")
     tr_.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
                      help="override a value of both arms' runs, e.g. --set train.epochs=3")
 
@@ -255,8 +257,9 @@ def _train_command(args) -> int:
 
     if args.jobs < 1:
         raise UserError(f"--jobs={args.jobs} must be >= 1")
-    table = transfer(args.data, args.model, args.seeds, args.out, args.name, args.overrides, jobs=args.jobs)
-    print(markdown_table([table]))
+    table = transfer(args.data, args.model, args.seeds, args.out, args.name, args.overrides, jobs=args.jobs, pack=args.pack)
+    if table is not None:
+        print(markdown_table([table]))
     return 0
 
 

@@ -57,12 +57,16 @@ def _rewritten_count(path: Path) -> int:
 
 
 def transfer(data: str, model: str, seeds: list[int], out: str, name: str | None = None, overrides: list[str] | None = None,
-             jobs: int = 1, echo=print) -> dict[str, Any]:
+             jobs: int = 1, echo=print, pack: str | None = None) -> dict[str, Any] | None:
+    """The transfer table; with `pack`, nothing runs: the finished runs are packed into that folder (None)."""
     from nslora.commands.experiment import Experiment
 
     exp, base, run_dir, rewritten = plan_transfer(data, model, seeds, out, name, overrides)
     note = (f"transfer: {model} trained on the original prompts vs the prompts of {run_dir} "
             f"({rewritten} of {base['task']['n_train']} training prompts rewritten); both answer the original held-out prompts")
+    if pack is not None:
+        Experiment(exp, base, jobs=jobs, echo=echo, note=note).pack(Path(pack))
+        return None
     echo(note)
     table = Experiment(exp, base, jobs=jobs, echo=echo, note=note).run()
     missing = [f"{r['arm']} seed {s}" for r in table["arms"] for s in r["missing_seeds"]]
