@@ -64,11 +64,12 @@ def transfer(data: str, model: str, seeds: list[int], out: str, name: str | None
     exp, base, run_dir, rewritten = plan_transfer(data, model, seeds, out, name, overrides)
     note = (f"transfer: {model} trained on the original prompts vs the prompts of {run_dir} "
             f"({rewritten} of {base['task']['n_train']} training prompts rewritten); both answer the original held-out prompts")
+    experiment = Experiment(exp, base, jobs=jobs, echo=echo, note=note)
     if pack is not None:
-        Experiment(exp, base, jobs=jobs, echo=echo, note=note).pack(Path(pack))
+        experiment.pack(Path(pack))
         return None
     echo(note)
-    table = Experiment(exp, base, jobs=jobs, echo=echo, note=note).run()
+    table = experiment.run()
     missing = [f"{r['arm']} seed {s}" for r in table["arms"] for s in r["missing_seeds"]]
     if missing:
         raise UserError(f"{len(missing)} transfer run(s) did not finish ({', '.join(missing)}); see their logs, then rerun the same command")
