@@ -62,12 +62,17 @@ def test_the_controlled_benchmark_is_the_policy_bench_at_more_held_out_items_and
     """fault-cost.yaml and controlled.yaml share one experiment folder (lora-clean and lora-only run once), which
     needs identical run sections; both are `nslora policy bench`'s default with 512 held-out items, so a rule
     checked with the bench is checked at the benchmark's settings."""
-    from nslora.commands.experiment import load_experiment
+    from nslora.commands.experiment import Experiment, load_experiment
     from nslora.commands.policy_bench import bench_config
 
     root = Path(__file__).resolve().parents[1] / "configs" / "experiments"
     (cost, cost_base), (full, full_base) = (load_experiment(str(root / f"{n}.yaml")) for n in ("fault-cost", "controlled"))
     assert cost.name == full.name and cost_base == full_base
+    # One folder, two tables: neither config's results overwrite the other's.
+    cost_exp, full_exp = Experiment(cost, cost_base), Experiment(full, full_base)
+    assert cost_exp.root == full_exp.root
+    assert {cost_exp.table_json.name, cost_exp.table_md.name} == {"fault-cost.json", "fault-cost.md"}
+    assert {full_exp.table_json.name, full_exp.table_md.name} == {"results.json", "results.md"}
     assert set(cost.arms) & set(full.arms) == {"lora-clean", "lora-only"} and len(cost.seeds) >= 5
     bench = bench_config(["task.n_heldout=512"])
     for section in ("model", "lora", "task", "train", "saturation", "rewriter", "signals", "policy"):

@@ -241,6 +241,20 @@ def test_a_packed_experiment_continues_on_another_machine_with_the_same_table(ex
     assert main(["experiment", str(cfg), "--pack", str(moved)]) == 2 and "exists" in capsys.readouterr().err
 
 
+def test_a_named_table_is_written_beside_the_folders_results_and_not_over_them(experiment, capsys):
+    """Two configs can share an experiment folder (their common arms run once); experiment.table gives each its own
+    table, so tabulating one never overwrites the other's."""
+    _, cfg, root = experiment
+    results = (root / "results.json").read_bytes()
+    capsys.readouterr()
+    assert main(["experiment", str(cfg), "--set", "experiment.table=vs-random", "--set", "experiment.baseline=random"]) == 0
+    assert f"results: {root / 'vs-random.md'}" in capsys.readouterr().out
+    assert (root / "results.json").read_bytes() == results
+    table = json.loads((root / "vs-random.json").read_text())
+    assert table["name"] == "vs-random" and table["baseline"] == "random"
+    assert (root / "vs-random.md").read_text().startswith("### vs-random:")
+
+
 def test_a_failing_arm_is_reported_and_the_others_finish(tiny_dir, tiny_backbone, tmp_path, capsys):
     cfg = write_experiment(tmp_path, tiny_dir, tiny_backbone, arms=["lora-only", "broken"], seeds=[0],
                            extra_arms={"broken": {"policy.name": "no_such_pkg.rules:Mine"}})
@@ -261,6 +275,7 @@ def test_a_failing_arm_is_reported_and_the_others_finish(tiny_dir, tiny_backbone
     (["experiment.baseline=random", "experiment.arms=[lora-only]"], "experiment.baseline='random' is not among"),
     (["experiment.arms=[reward]"], "the reward policy is trained on the lora-only runs"),
     (["train.epocs=2"], "unknown key 'train.epocs'"),
+    (["experiment.table=../x"], "experiment.table='../x' must be a plain file name"),
 ])
 def test_bad_experiment_configs_are_refused_in_one_line(tiny_dir, tiny_backbone, tmp_path, capsys, sets, message):
     cfg = write_experiment(tmp_path, tiny_dir, tiny_backbone)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import re
 import subprocess
 import sys
 import threading
@@ -58,6 +59,7 @@ DEFAULT_ARMS = ("lora-only", "textgrad-only", "loss-ratio", "grad-norm", "reward
 @dataclass
 class ExperimentConfig:
     name: str | None = field(default=None, metadata={"help": "Folder name under out_dir (default: the config file's name)."})
+    table: str | None = field(default=None, metadata={"help": "This config's table: its title and file names (<table>.json, <table>.md) in the experiment folder (default: results.json and results.md, titled with name). Give each config its own when several share a folder, so that no table overwrites another."})
     out_dir: str = field(default="experiments", metadata={"help": "Folder that holds experiments."})
     arms: list[str] = field(default_factory=lambda: list(DEFAULT_ARMS), metadata={"help": f"Arms to run: {', '.join(ARMS)}, or names from extra_arms (default: {', '.join(DEFAULT_ARMS)}; lora-clean, oracle and oracle-early are for task.name=controlled)."})
     extra_arms: dict[str, dict[str, Any]] = field(default_factory=dict, metadata={"help": "Your own arms: name -> {section.key: value} changes to the base config."})
@@ -78,6 +80,8 @@ class ExperimentConfig:
         if any(self.is_reward(a) for a in self.arms):
             require("lora-only" in self.arms, "experiment.arms has a reward arm but not lora-only: the reward policy is trained on the lora-only runs")
         require(self.baseline in self.arms, f"experiment.baseline={self.baseline!r} is not among experiment.arms")
+        require(self.table is None or (re.fullmatch(r"[\w.-]+", self.table) is not None and self.table != "results"),
+                f"experiment.table={self.table!r} must be a plain file name without a suffix (letters, digits, . _ -), not 'results'")
         require(self.bootstrap >= 100, f"experiment.bootstrap={self.bootstrap!r} must be >= 100")
         require(0.5 <= self.confidence < 1.0, f"experiment.confidence={self.confidence!r} must be in [0.5, 1)")
         for arm, changes in self.extra_arms.items():
@@ -138,6 +142,8 @@ class Experiment:
         self.root = Path(exp.out_dir) / exp.name
         self.config_path = self.root / "config.yaml"
         self.policy_dir = self.root / "reward-policy"
+        stem = exp.table or "results"
+        self.table_json, self.table_md = self.root / f"{stem}.json", self.root / f"{stem}.md"
         self._lock = threading.Lock()
         self._finished = 0
         self.jobs_list = [Job(arm, s, self.root / arm / f"seed-{s}", self.root / "logs" / f"{arm}-seed-{s}.log",
@@ -179,7 +185,7 @@ class Experiment:
             for f in futures.values():
                 f.result()
         results = self.results()
-        self.echo(f"results: {self.root / 'results.md'}")
+        self.echo(f"results: {self.table_md}")
         return results
 
     def _env(self, threads: int) -> dict[str, str]:
@@ -273,7 +279,7 @@ class Experiment:
                 write_text(to / name, (job.run_dir / name).read_text(encoding="utf-8"))
             write_text(to / PACKED, json.dumps(pack_tables(load_run(job.run_dir))))
             done += 1
-        for name in ("config.yaml", "experiment.yaml", "results.json", "results.md"):
+        for name in ("config.yaml", "experiment.yaml", self.table_json.name, self.table_md.name):
             if (self.root / name).is_file():
                 write_text(out / name, (self.root / name).read_text(encoding="utf-8"))
         if self.policy_dir.is_dir():
@@ -287,15 +293,15 @@ class Experiment:
         from nslora.report.stats import arm_table, markdown_table
 
         runs = {(j.arm, j.seed): j.run_dir for j in self.jobs_list}
-        table = arm_table(self.exp.name, self.exp.arms, self.exp.seeds, runs, baseline=self.exp.baseline,
+        table = arm_table(self.exp.table or self.exp.name, self.exp.arms, self.exp.seeds, runs, baseline=self.exp.baseline,
                           draws=self.exp.bootstrap, confidence=self.exp.confidence)
         if self.note:
             table["note"] = self.note
         classifier = self._classifier_detection() if table.get("detection") else None
         if classifier:
             table["detection"]["classifier"] = classifier
-        write_text(self.root / "results.json", json.dumps(table, indent=2))
-        write_text(self.root / "results.md", markdown_table([table]))
+        write_text(self.table_json, json.dumps(table, indent=2))
+        write_text(self.table_md, markdown_table([table]))
         return table
 
 
