@@ -255,6 +255,16 @@ def test_a_named_table_is_written_beside_the_folders_results_and_not_over_them(e
     assert (root / "vs-random.md").read_text().startswith("### vs-random:")
 
 
+def test_two_configs_writing_one_table_are_refused_before_anything_runs(tiny_dir, tiny_backbone, tmp_path, capsys):
+    first = write_experiment(tmp_path, tiny_dir, tiny_backbone, name="shared")
+    second = tmp_path / "second.yaml"
+    second.write_text(first.read_text())
+    assert main(["experiment", str(first), str(second)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "two configs write the same table ['shared/results']; set experiment.table" in err and "\n" not in err
+    assert not (tmp_path / "exp").exists()
+
+
 def test_a_failing_arm_is_reported_and_the_others_finish(tiny_dir, tiny_backbone, tmp_path, capsys):
     cfg = write_experiment(tmp_path, tiny_dir, tiny_backbone, arms=["lora-only", "broken"], seeds=[0],
                            extra_arms={"broken": {"policy.name": "no_such_pkg.rules:Mine"}})

@@ -90,7 +90,7 @@ def _add_run(sub) -> None:
 def _add_experiment(sub) -> None:
     ex = sub.add_parser("experiment", help="run the paper's arms (lora-only, textgrad-only, NS-LoRA per policy, random) over seeds and tabulate",
                         description="Run every arm x seed of each CONFIG as its own run folder (<out>/<name>/<arm>/seed-<s>), then write "
-                                    "results.json and results.md (mean ± std, paired differences with bootstrap intervals). Rerunning "
+                                    "results.json and results.md, or experiment.table's files (mean ± std, paired differences with bootstrap intervals). Rerunning "
                                     "the same command skips finished runs and resumes stopped ones.",
                         epilog="experiment keys (the YAML's experiment: section, or --set experiment.key=value):\n" + _experiment_help(),
                         formatter_class=argparse.RawDescriptionHelpFormatter)

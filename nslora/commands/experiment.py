@@ -336,8 +336,10 @@ def run_experiments(paths: list[str], overrides: list[str], jobs: int, out: str 
         if out is not None:
             exp.out_dir = out
         loaded.append((exp, base))
-    names = [e.name for e, _ in loaded]
-    require(len(set(names)) == len(names), f"two configs share the experiment name(s) {sorted({n for n in names if names.count(n) > 1})}; set experiment.name in each")
+    # Configs may share a folder (experiment.name), and so their common runs, but each needs a table of its own.
+    files = [f"{e.name}/{e.table or 'results'}" for e, _ in loaded]
+    twice = sorted({f for f in files if files.count(f) > 1})
+    require(not twice, f"two configs write the same table {twice}; set experiment.table (or experiment.name) in each")
     if pack is not None:
         for exp, base in loaded:
             Experiment(exp, base, echo=echo).pack(Path(pack))
