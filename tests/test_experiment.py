@@ -254,6 +254,19 @@ def test_a_named_table_is_written_beside_the_folders_results_and_not_over_them(e
     assert table["name"] == "vs-random" and table["baseline"] == "random"
     assert (root / "vs-random.md").read_text().startswith("### vs-random:")
 
+    # Two configs on the one folder in one command: the runs they share are not run again, each writes its table.
+    other = root.parent.parent / "other.yaml"
+    data = yaml.safe_load(cfg.read_text())
+    data["experiment"].update(name=root.name, table="other", arms=["lora-only", "random"])
+    other.write_text(yaml.safe_dump(data))
+    capsys.readouterr()
+    assert main(["experiment", str(cfg), str(other)]) == 0
+    out = capsys.readouterr().out
+    done = [line for line in out.splitlines() if ": held-out " in line]
+    assert len(done) == (len(ARMS) + 2) * len(SEEDS) and all(line.endswith("(finished earlier)") for line in done)
+    assert [r["arm"] for r in json.loads((root / "other.json").read_text())["arms"]] == ["lora-only", "random"]
+    assert json.loads((root / "results.json").read_text())["name"] == root.name
+
 
 def test_two_configs_writing_one_table_are_refused_before_anything_runs(tiny_dir, tiny_backbone, tmp_path, capsys):
     first = write_experiment(tmp_path, tiny_dir, tiny_backbone, name="shared")
